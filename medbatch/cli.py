@@ -1,0 +1,428 @@
+"""The ``medbatch`` command line. Importing it must stay light: no TensorFlow, no model loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medbatch.config import get_settings, redact_url
+from medbatch.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, MedbatchError, NotFound
+
+app = typer.Typer(help="medbatch: overnight AI batch processing for hospital data.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+submit_app = typer.Typer(help="Stage inputs as a job and queue its batches.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a model, evaluate it on held-out data and register it.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+worker_app = typer.Typer(help="Run a Celery worker (default) or check one.", invoke_without_command=True)
+app.add_typer(submit_app, name="submit")
+app.add_typer(train_app, name="train")
+app.add_typer(db_app, name="db")
+app.add_typer(worker_app, name="worker")
+
+err = Console(stderr=True)
+out = Console()
+
+EXIT_INVALID_INPUT = 2
+EXIT_UNAVAILABLE = 3
+EXIT_NOT_FOUND = 4
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _handle(exc: MedbatchError) -> typer.Exit:
+    if isinstance(exc, InvalidInput):
+        return _fail(str(exc), EXIT_INVALID_INPUT)
+    if isinstance(exc, NotFound):
+        return _fail(str(exc), EXIT_NOT_FOUND)
+    if isinstance(exc, BrokerUnavailable):
+        return _fail(f"{exc}. Is Redis running at {redact_url(get_settings().broker_url)}? "
+                     "What was staged is kept; `medbatch resume JOB` sends it later.", EXIT_UNAVAILABLE)
+    if isinstance(exc, DatabaseUnavailable):
+        return _fail(f"{exc} ({redact_url(get_settings().database_url)})", EXIT_UNAVAILABLE)
+    return _fail(str(exc), 1)
+
+
+def _db() -> str:
+    """The database URL, with the schema brought up to date (cheap when it already is)."""
+    from medbatch.db.migrate import upgrade
+
+    url = get_settings().database_url
+    try:
+        upgrade(url)
+    except Exception as exc:  # noqa: BLE001 - say what is wrong, not a traceback
+        from medbatch.db.session import is_transient
+
+        if is_transient(exc):
+            raise _handle(DatabaseUnavailable(f"database unreachable: {type(exc).__name__}")) from None
+        raise
+    return url
+
+
+def _sender():
+    from medbatch.producer.enqueue import celery_sender
+    from medbatch.worker.app import create_app
+
+    return celery_sender(create_app(get_settings()))
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def _submit_tabular(workload: str, file: Path, batch_size: int | None, id_column: str | None, as_json: bool,
+                    wait: bool) -> None:
+    from medbatch.producer.enqueue import submit_records
+
+    settings = get_settings()
+    url = _db()
+    size = file.stat().st_size if file.is_file() else 0
+    show = not as_json and err.is_terminal
+    try:
+        if show:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("staging {task.description}"), BarColumn(), DownloadColumn(),
+                          TextColumn("{task.fields[staged]} staged, {task.fields[rejected]} rejected"),
+                          TimeRemainingColumn(), console=err) as bar:
+                task = bar.add_task(file.name, total=size or None, staged=0, rejected=0)
+                summary = submit_records(
+                    file, workload, database_url=url, send=_sender(), batch_size=batch_size or settings.batch_size,
+                    id_column=id_column,
+                    progress=lambda b, s, r: bar.update(task, completed=b, staged=s, rejected=r),
+                )
+                bar.update(task, completed=size)
+        else:
+            summary = submit_records(file, workload, database_url=url, send=_sender(),
+                                     batch_size=batch_size or settings.batch_size, id_column=id_column)
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    if as_json and not wait:
+        out.print_json(json.dumps(summary.as_dict()))
+    elif not as_json:
+        err.print(f"job [bold]{summary.job_id}[/]: {summary.items_staged} items in {summary.batches} batches queued, "
+                  f"{summary.rows_rejected} rows rejected (model {summary.model['name']} {summary.model['version']})")
+        for w in summary.warnings:
+            err.print(f"[yellow]warning:[/] {w}")
+    if wait:
+        final = _wait(url, summary.job_id, quiet=as_json)
+        if as_json:
+            out.print_json(json.dumps({**summary.as_dict(), "final": final}))
+        raise typer.Exit(1 if final["status"] == "failed" else 0)
+
+
+BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Items per batch message [default: 500].")]
+IdColumn = Annotated[str | None, typer.Option(help="Column holding the patient identifier (default: patient_id, mrn...).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")]
+Wait = Annotated[bool, typer.Option("--wait", help="Wait until the job has finished.")]
+CsvFile = Annotated[Path, typer.Argument(help="Patient CSV file.")]
+
+
+@submit_app.command("risk")
+def submit_risk(file: CsvFile, batch_size: BatchSize = None, id_column: IdColumn = None, as_json: AsJson = False,
+                wait: Wait = False) -> None:
+    """Health-risk prediction over a CSV with age, bmi, exercise_frequency, smoking_history."""
+    _submit_tabular("risk", file, batch_size, id_column, as_json, wait)
+
+
+@submit_app.command("treatment")
+def submit_treatment(file: CsvFile, batch_size: BatchSize = None, id_column: IdColumn = None,
+                     as_json: AsJson = False, wait: Wait = False) -> None:
+    """Treatment plan over a CSV with age, blood_pressure, cholesterol, smoking_history, diabetes."""
+    _submit_tabular("treatment", file, batch_size, id_column, as_json, wait)
+
+
+# --------------------------------------------------------------------------- status, results, resume
+
+
+def _counts(url: str, job_id: int) -> dict:
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+
+    try:
+        with session_scope(url) as s:
+            return repo.job_counts(s, job_id)
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+
+
+def _wait(url: str, job_id: int, *, quiet: bool = False, poll_s: float = 0.5, timeout_s: float | None = None) -> dict:
+    from medbatch.db.tables import FINISHED_JOB
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    show = not quiet and err.is_terminal
+    counts = _counts(url, job_id)
+    if show:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn(f"job {job_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[s]}"),
+                      TimeElapsedColumn(), console=err) as bar:
+            task = bar.add_task("", total=counts["items_total"] or 1, s=counts["status"])
+            while counts["status"] not in FINISHED_JOB and (deadline is None or time.monotonic() < deadline):
+                time.sleep(poll_s)
+                counts = _counts(url, job_id)
+                bar.update(task, total=counts["items_total"] or 1,
+                           completed=counts["items_done"] + counts["items_failed"], s=counts["status"])
+    else:
+        while counts["status"] not in FINISHED_JOB and (deadline is None or time.monotonic() < deadline):
+            time.sleep(poll_s)
+            counts = _counts(url, job_id)
+    return counts
+
+
+def _print_status(c: dict) -> None:
+    table = Table(title=f"job {c['job_id']} · {c['workload']} · {c['status']}", show_header=False)
+    table.add_row("source", c["source"])
+    table.add_row("model", f"{c['model']['name']} {c['model']['version']}")
+    table.add_row("progress", f"{c['progress']:.1%}")
+    table.add_row("items", f"{c['items_total']} total · {c['items_done']} done · {c['items_failed']} failed · "
+                           f"{c['items_pending']} pending")
+    table.add_row("rows rejected", str(c["rows_rejected"]))
+    table.add_row("batches", ", ".join(f"{k} {v}" for k, v in sorted(c["batches"].items())) or "none")
+    if c["errors_by_stage"]:
+        table.add_row("errors", ", ".join(f"{k} {v}" for k, v in sorted(c["errors_by_stage"].items())))
+    if c["error"]:
+        table.add_row("job error", c["error"])
+    table.add_row("created", c["created_at"] or "")
+    table.add_row("finished", c["finished_at"] or "")
+    out.print(table)
+
+
+@app.command()
+def status(
+    job_id: Annotated[int | None, typer.Argument(help="Job id; omit to list recent jobs.")] = None,
+    as_json: AsJson = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow until the job finishes.")] = False,
+) -> None:
+    """Counts by state, progress and errors of a job (or the recent jobs)."""
+    url = _db()
+    if job_id is None:
+        from medbatch.db import repository as repo
+        from medbatch.db.session import session_scope
+
+        with session_scope(url) as s:
+            jobs = [repo.job_counts(s, j.id) for j in repo.list_jobs(s)]
+        if as_json:
+            out.print_json(json.dumps(jobs))
+            return
+        table = Table("job", "workload", "status", "items", "done", "failed", "rejected", "created")
+        for c in jobs:
+            table.add_row(str(c["job_id"]), c["workload"], c["status"], str(c["items_total"]), str(c["items_done"]),
+                          str(c["items_failed"]), str(c["rows_rejected"]), c["created_at"] or "")
+        out.print(table)
+        return
+    counts = _wait(url, job_id, quiet=as_json) if watch else _counts(url, job_id)
+    if as_json:
+        out.print_json(json.dumps(counts))
+    else:
+        _print_status(counts)
+
+
+@app.command()
+def results(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, json (JSON Lines) or parquet.")] = "csv",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write; default standard output.")] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Export the recorded errors instead of results.")] = False,
+) -> None:
+    """Export a job's results (or errors), each row naming its source file, row and patient id."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.export import FORMATS, write_rows
+
+    if fmt not in FORMATS:
+        raise _fail(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}", EXIT_INVALID_INPUT)
+    if fmt == "parquet" and output is None:
+        raise _fail("parquet is binary: give --output FILE", EXIT_INVALID_INPUT)
+    url = _db()
+    try:
+        with session_scope(url) as s:
+            repo.get_job(s, job_id)
+            rows = repo.iter_errors(s, job_id) if errors else repo.iter_results(s, job_id)
+            n = write_rows(rows, fmt, output)
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    if output:
+        err.print(f"{n} {'errors' if errors else 'results'} written to {output}")
+
+
+@app.command()
+def resume(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Re-send every unfinished batch of a job (after a broker loss, say). Safe to repeat: writes are idempotent."""
+    from medbatch.producer.enqueue import resume_job
+
+    url = _db()
+    try:
+        sent = resume_job(job_id, database_url=url, send=_sender())
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    err.print(f"job {job_id}: {sent} unfinished batch(es) re-sent")
+
+
+# --------------------------------------------------------------------------- models
+
+
+@train_app.command("risk")
+def train_risk(
+    csv_file: Annotated[Path | None, typer.Argument(help="CSV with the risk input columns and a target column.")] = None,
+    target: Annotated[str, typer.Option(help="Outcome column (0/1).")] = "outcome",
+    dataset: Annotated[str | None, typer.Option(help="Train on a built-in dataset instead: nhefs.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the LogisticRegression risk model, evaluate it on a held-out split and register it."""
+    _train("risk", csv_file, target, dataset or ("nhefs" if csv_file is None else None), out_dir, seed)
+
+
+@train_app.command("treatment")
+def train_treatment(
+    csv_file: Annotated[Path | None, typer.Argument(help="CSV with the treatment input columns and a plan column.")] = None,
+    target: Annotated[str, typer.Option(help="Plan label column (any number of classes).")] = "outcome",
+    dataset: Annotated[str | None, typer.Option(help="Train on a built-in dataset instead: framingham.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the RandomForest treatment-plan model, evaluate it on a held-out split and register it."""
+    _train("treatment", csv_file, target, dataset or ("framingham" if csv_file is None else None), out_dir, seed)
+
+
+def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, out_dir: Path | None, seed: int) -> None:
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.ml import registry, tabular
+
+    url = _db()
+    try:
+        if csv_file is not None:
+            frame = tabular.load_training_csv(csv_file, name, target)
+            source = str(csv_file.resolve())
+        else:
+            loaders = {"nhefs": tabular.load_nhefs, "framingham": tabular.load_framingham}
+            if dataset not in loaders:
+                raise InvalidInput(f"unknown dataset {dataset!r}; choose {', '.join(loaders)} or give a CSV")
+            frame, source = loaders[dataset](), dataset
+        err.print(f"training {name} on {len(frame)} rows from {source} ...")
+        trainer = tabular.train_risk if name == "risk" else tabular.train_treatment
+        trained = trainer(frame, seed=seed)
+        directory = out_dir or get_settings().model_dir
+        path = tabular.save_model(trained, Path(directory), training_source=source)
+        version = registry.file_version(path)
+        with session_scope(url) as s:
+            repo.register_model(s, name=name, version=version, uri=str(path.resolve()), metrics=trained.metrics,
+                                training_source=source)
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    m = trained.metrics
+    err.print(f"saved {path} (version {version}), registered as the active {name} model")
+    err.print(f"model card: {path.with_suffix('.card.md')}")
+    out.print_json(json.dumps({k: m.get(k) for k in ("model", "baseline", "n_train", "n_test") if k in m}, default=str))
+
+
+@app.command()
+def models(as_json: AsJson = False) -> None:
+    """List registered models (the active one is used by new jobs)."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+
+    with session_scope(_db()) as s:
+        rows = [
+            {"name": m.name, "version": m.version, "active": m.active, "uri": m.uri,
+             "training_source": m.training_source, "created_at": m.created_at.isoformat()}
+            for m in repo.list_models(s)
+        ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("name", "version", "active", "uri", "trained on")
+    for r in rows:
+        table.add_row(r["name"], r["version"], "yes" if r["active"] else "", r["uri"], r["training_source"])
+    out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply the Alembic migrations to the configured database."""
+    from medbatch.db.migrate import current_revision, upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    err.print(f"database {redact_url(url)} at revision {current_revision(url)}")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@worker_app.callback()
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues.")] = "tabular",
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Processes or threads.")] = None,
+    pool: Annotated[str, typer.Option("--pool", "-P", help="prefork, solo or threads.")] = "prefork",
+    loglevel: Annotated[str | None, typer.Option(help="Log level [MEDBATCH_LOG_LEVEL].")] = None,
+    hostname: Annotated[str | None, typer.Option("--hostname", "-n", help="Worker name.")] = None,
+    max_tasks_per_child: Annotated[int | None, typer.Option(help="Recycle a child after this many tasks.")] = None,
+) -> None:
+    """Run a Celery worker on the given queues."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from medbatch.worker.app import app as celery_app
+
+    settings = get_settings()
+    _db()
+    argv = ["worker", "-Q", queues, "-P", pool, "--loglevel", loglevel or settings.log_level, "-E",
+            "-n", hostname or f"{queues.replace(',', '+')}@%h"]
+    if concurrency:
+        argv += ["-c", str(concurrency)]
+    if max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
+    celery_app.worker_main(argv=argv)
+
+
+@app.command()
+def flower(
+    port: Annotated[int | None, typer.Option(help="Port [MEDBATCH_FLOWER_PORT].")] = None,
+    address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+) -> None:
+    """Start Flower, the Celery monitor, on this app (basic auth from MEDBATCH_FLOWER_BASIC_AUTH)."""
+    settings = get_settings()
+    argv = [sys.executable, "-m", "celery", "-A", "medbatch.worker.app", "flower",
+            f"--port={port or settings.flower_port}", f"--address={address}"]
+    if settings.flower_basic_auth:
+        argv.append(f"--basic-auth={settings.flower_basic_auth}")
+    elif settings.environment == "production":
+        raise _fail("set MEDBATCH_FLOWER_BASIC_AUTH=user:password before exposing Flower", EXIT_INVALID_INPUT)
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its inputs and results.")] = Path("medbatch-demo"),
+    patients: Annotated[int, typer.Option(help="Synthetic patients per workload.")] = 2000,
+) -> None:
+    """The main job on embedded defaults: local Redis if none, SQLite, workers, sample jobs, summary."""
+    from medbatch.demo import run_demo
+
+    code = run_demo(workdir=workdir, patients=patients, console=err)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except MedbatchError as exc:  # anything a command did not handle itself
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,82 @@
+"""Settings: the only module that reads ``os.environ``.
+
+Every value comes from a ``MEDBATCH_``-prefixed environment variable or a ``.env`` file in the
+working directory; lower layers receive plain values, never this object.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Broker used when none is configured: a Redis on this host (``medbatch demo`` starts one if absent).
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+#: Database used when none is configured: a SQLite file in the working directory.
+DEFAULT_DATABASE_URL = "sqlite:///medbatch.db"
+#: Items per batch message: large enough to amortise task overhead, small enough to retry cheaply.
+DEFAULT_BATCH_SIZE = 500
+#: Seconds Redis waits for an ack before re-delivering a message to another worker. It must exceed
+#: the slowest batch; a re-delivery is harmless (writes are idempotent) but costs time.
+DEFAULT_VISIBILITY_TIMEOUT_S = 3600
+#: Attempts before a batch whose worker keeps dying or failing is dead-lettered.
+DEFAULT_MAX_ATTEMPTS = 5
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin"}
+
+
+class Settings(BaseSettings):
+    """medbatch configuration, validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDBATCH_", env_file=".env", extra="ignore")
+
+    environment: str = Field("development", description="development | production")
+    broker_url: str = DEFAULT_BROKER_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    model_dir: Path = Path("models")
+    results_dir: Path = Path("results")
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=100_000)
+    visibility_timeout_s: int = Field(DEFAULT_VISIBILITY_TIMEOUT_S, ge=10)
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
+    task_retry_backoff_max_s: int = Field(600, ge=1)
+    log_level: str = "INFO"
+    flower_port: int = 5555
+    flower_basic_auth: str = Field("", description="user:password for Flower; required in production")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Settings:
+        if self.environment == "production":
+            for url in (self.broker_url, self.database_url):
+                password = urlsplit(url).password
+                if password and password.lower() in PLACEHOLDER_SECRETS:
+                    raise ValueError(f"placeholder password in {redact_url(url)}: set a real secret for production")
+            if self.flower_basic_auth:
+                password = self.flower_basic_auth.partition(":")[2]
+                if password.lower() in PLACEHOLDER_SECRETS:
+                    raise ValueError("placeholder Flower password: set MEDBATCH_FLOWER_BASIC_AUTH for production")
+        return self
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe for logs and terminals."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    host = netloc[-1]
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,503 @@
+"""Repository functions: every read and state change of jobs, batches, items, results and models.
+
+Functions take an open :class:`~sqlalchemy.orm.Session` and leave committing to the caller's
+``session_scope``, so a caller can make several changes in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from medbatch.db.tables import (
+    FINISHED_BATCH,
+    FINISHED_JOB,
+    Batch,
+    BatchStatus,
+    Item,
+    ItemError,
+    ItemStatus,
+    Job,
+    JobStatus,
+    Model,
+    Result,
+    utcnow,
+)
+from medbatch.errors import NotFound
+
+#: Rows per INSERT statement when COPY is not available.
+INSERT_CHUNK = 5_000
+
+
+# --------------------------------------------------------------------------- bulk writes
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert many plain rows fast: COPY on PostgreSQL, multi-row INSERT elsewhere.
+
+    Rows must carry every column that has no server default; JSON columns take Python objects.
+    """
+    if not rows:
+        return
+    if _dialect(session) == "postgresql":
+        columns = list(rows[0].keys())
+        json_cols = {c.name for c in table.columns if c.type.__class__.__name__ == "JSON"}
+        raw = session.connection().connection.dbapi_connection
+        with raw.cursor() as cur:
+            with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(
+                        [json.dumps(row[c]) if c in json_cols and row[c] is not None else row[c] for c in columns]
+                    )
+        return
+    for start in range(0, len(rows), INSERT_CHUNK):
+        session.execute(insert(table), list(rows[start : start + INSERT_CHUNK]))
+
+
+def insert_ignore_conflicts(session: Session, table: Table, rows: Sequence[dict[str, Any]], key: list[str]) -> None:
+    """INSERT rows, silently skipping those whose unique ``key`` already exists (idempotent writes)."""
+    if not rows:
+        return
+    dialect = _dialect(session)
+    if dialect == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=key)
+    else:  # pragma: no cover - only PostgreSQL and SQLite are supported
+        raise NotImplementedError(f"idempotent insert not implemented for {dialect}")
+    for start in range(0, len(rows), INSERT_CHUNK):
+        session.execute(stmt, list(rows[start : start + INSERT_CHUNK]))
+
+
+# --------------------------------------------------------------------------- jobs and staging
+
+
+def create_job(
+    session: Session,
+    *,
+    workload: str,
+    source_uri: str,
+    model_name: str | None,
+    model_version: str | None,
+    options: dict[str, Any] | None = None,
+    submitted_by: str = "",
+) -> int:
+    """Create a job in ``staging`` state and return its id."""
+    job = Job(
+        workload=workload,
+        source_uri=source_uri,
+        model_name=model_name,
+        model_version=model_version,
+        options=options or {},
+        submitted_by=submitted_by,
+        status=JobStatus.STAGING.value,
+    )
+    session.add(job)
+    session.flush()
+    return job.id
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    """The job, or :class:`NotFound`."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def stage_batch(
+    session: Session, *, job_id: int, seq: int, queue: str, items: Sequence[dict[str, Any]]
+) -> int:
+    """Stage one batch of validated items (dicts with item_key, source_uri, source_row, patient_ref, payload).
+
+    Returns:
+        The new batch id; its status is ``pending`` until :func:`mark_batches_queued`.
+    """
+    batch_id = session.execute(
+        insert(Batch).returning(Batch.id),
+        {"job_id": job_id, "seq": seq, "queue": queue, "item_count": len(items), "status": BatchStatus.PENDING.value},
+    ).scalar_one()
+    rows = [
+        {
+            "job_id": job_id,
+            "batch_id": batch_id,
+            "item_key": it["item_key"],
+            "source_uri": it["source_uri"],
+            "source_row": it.get("source_row"),
+            "patient_ref": it.get("patient_ref"),
+            "payload": it["payload"],
+            "status": ItemStatus.PENDING.value,
+        }
+        for it in items
+    ]
+    bulk_insert(session, Item.__table__, rows)
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(items_total=Job.items_total + len(items), batches_total=Job.batches_total + 1, updated_at=utcnow())
+    )
+    return batch_id
+
+
+def record_rejections(session: Session, *, job_id: int, errors: Sequence[dict[str, Any]]) -> None:
+    """Record input rows that failed validation (dicts with source_uri, source_row, patient_ref, reason)."""
+    if not errors:
+        return
+    rows = [
+        {
+            "job_id": job_id,
+            "item_id": None,
+            "error_key": f"validation:{e['source_uri']}:{e.get('source_row')}",
+            "stage": "validation",
+            "source_uri": e["source_uri"],
+            "source_row": e.get("source_row"),
+            "patient_ref": e.get("patient_ref"),
+            "reason": e["reason"],
+            "created_at": utcnow(),
+        }
+        for e in errors
+    ]
+    insert_ignore_conflicts(session, ItemError.__table__, rows, ["job_id", "error_key"])
+    session.execute(
+        update(Job).where(Job.id == job_id).values(rows_rejected=Job.rows_rejected + len(errors), updated_at=utcnow())
+    )
+
+
+def mark_batches_queued(session: Session, batch_ids: Sequence[int]) -> None:
+    """Record that messages for these batches were sent (only those not already further along)."""
+    if not batch_ids:
+        return
+    session.execute(
+        update(Batch)
+        .where(Batch.id.in_(batch_ids), Batch.status == BatchStatus.PENDING.value)
+        .values(status=BatchStatus.QUEUED.value, queued_at=utcnow())
+    )
+
+
+def finish_staging(session: Session, job_id: int, *, error: str | None = None) -> None:
+    """End the staging phase: the job is queued (or failed with ``error``), then finished if already done."""
+    values: dict[str, Any] = {"updated_at": utcnow()}
+    if error is not None:
+        values.update(status=JobStatus.FAILED.value, error=error, finished_at=utcnow())
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+        return
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.STAGING.value).values(
+            status=JobStatus.QUEUED.value, **values
+        )
+    )
+    finish_job_if_done(session, job_id)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    batch_id: int
+    job_id: int
+    workload: str
+    model_name: str | None
+    model_version: str | None
+    attempt: int
+    options: dict[str, Any]
+
+
+def claim_batch(session: Session, batch_id: int, *, max_attempts: int) -> ClaimedBatch | None:
+    """Mark a batch running and count the attempt; None when there is nothing to do.
+
+    A batch already ``done`` or ``dead`` returns None: a re-delivered message writes nothing. A batch
+    that has already been attempted ``max_attempts`` times is dead-lettered here, so a message that
+    kills its worker every time stops being retried.
+    """
+    batch = session.get(Batch, batch_id, with_for_update=_dialect(session) == "postgresql")
+    if batch is None:
+        raise NotFound(f"no batch {batch_id}")
+    if batch.status in FINISHED_BATCH:
+        return None
+    if batch.attempts >= max_attempts:
+        dead_letter_batch(
+            session, batch_id, reason=f"gave up after {batch.attempts} attempts (worker lost or failed each time)"
+        )
+        return None
+    batch.attempts += 1
+    batch.status = BatchStatus.RUNNING.value
+    batch.started_at = utcnow()
+    job = session.get(Job, batch.job_id)
+    if job.status in (JobStatus.QUEUED.value,):
+        job.status = JobStatus.RUNNING.value
+    return ClaimedBatch(
+        batch_id=batch.id,
+        job_id=batch.job_id,
+        workload=job.workload,
+        model_name=job.model_name,
+        model_version=job.model_version,
+        attempt=batch.attempts,
+        options=dict(job.options or {}),
+    )
+
+
+def load_pending_items(session: Session, batch_id: int) -> list[Item]:
+    """The batch's items still waiting for a result, in staging order."""
+    return list(
+        session.scalars(
+            select(Item).where(Item.batch_id == batch_id, Item.status == ItemStatus.PENDING.value).order_by(Item.id)
+        )
+    )
+
+
+def complete_batch(
+    session: Session,
+    *,
+    batch_id: int,
+    job_id: int,
+    results: Sequence[dict[str, Any]],
+    failures: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Write a batch's outcome in the caller's transaction, idempotently, and finish the job if it was the last.
+
+    Args:
+        results: dicts with item_id, model_name, model_version, label, score, detail.
+        failures: dicts with item_id, source_uri, source_row, patient_ref, reason (stage ``inference``).
+    """
+    now = utcnow()
+    insert_ignore_conflicts(
+        session, Result.__table__, [{**r, "job_id": job_id, "created_at": now} for r in results], ["item_id"]
+    )
+    error_rows = [
+        {
+            "job_id": job_id,
+            "item_id": f["item_id"],
+            "error_key": f"{f.get('stage', 'inference')}:item:{f['item_id']}",
+            "stage": f.get("stage", "inference"),
+            "source_uri": f["source_uri"],
+            "source_row": f.get("source_row"),
+            "patient_ref": f.get("patient_ref"),
+            "reason": f["reason"],
+            "created_at": now,
+        }
+        for f in failures
+    ]
+    insert_ignore_conflicts(session, ItemError.__table__, error_rows, ["job_id", "error_key"])
+    if results:
+        session.execute(
+            update(Item).where(Item.batch_id == batch_id, Item.id.in_([r["item_id"] for r in results]))
+            .values(status=ItemStatus.DONE.value)
+        )
+    if failures:
+        session.execute(
+            update(Item).where(Item.id.in_([f["item_id"] for f in failures])).values(status=ItemStatus.FAILED.value)
+        )
+    session.execute(
+        update(Batch).where(Batch.id == batch_id).values(status=BatchStatus.DONE.value, finished_at=now, error=None)
+    )
+    finish_job_if_done(session, job_id)
+
+
+def fail_batch_attempt(session: Session, batch_id: int, reason: str) -> None:
+    """Record why the last attempt failed; the batch goes back to ``queued`` for its retry."""
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status.not_in(FINISHED_BATCH))
+        .values(status=BatchStatus.QUEUED.value, error=reason[:2000])
+    )
+
+
+def dead_letter_batch(session: Session, batch_id: int, *, reason: str) -> None:
+    """Give up on a batch: every pending item gets an explained error; the rest of the job goes on."""
+    batch = session.get(Batch, batch_id)
+    if batch is None or batch.status in FINISHED_BATCH:
+        return
+    pending = load_pending_items(session, batch_id)
+    complete_batch(
+        session,
+        batch_id=batch_id,
+        job_id=batch.job_id,
+        results=[],
+        failures=[
+            {
+                "item_id": it.id,
+                "stage": "dead_letter",
+                "source_uri": it.source_uri,
+                "source_row": it.source_row,
+                "patient_ref": it.patient_ref,
+                "reason": f"batch {batch_id} dead-lettered: {reason}",
+            }
+            for it in pending
+        ],
+    )
+    session.execute(update(Batch).where(Batch.id == batch_id).values(status=BatchStatus.DEAD.value, error=reason))
+
+
+def finish_job_if_done(session: Session, job_id: int) -> bool:
+    """Mark the job finished when staging is over and every batch is done or dead.
+
+    Locks the job row first (PostgreSQL), so two batches finishing at once cannot both miss the end.
+    """
+    locked = select(Job).where(Job.id == job_id)
+    if _dialect(session) == "postgresql":
+        locked = locked.with_for_update()
+    job = session.scalars(locked).one()
+    if job.status in FINISHED_JOB or job.status == JobStatus.STAGING.value:
+        return False
+    unfinished = session.scalar(
+        select(func.count()).select_from(Batch).where(Batch.job_id == job_id, Batch.status.not_in(FINISHED_BATCH))
+    )
+    if unfinished:
+        return False
+    errors = session.scalar(select(func.count()).select_from(ItemError).where(ItemError.job_id == job_id))
+    job.status = (JobStatus.COMPLETED_WITH_ERRORS if errors else JobStatus.COMPLETED).value
+    job.finished_at = utcnow()
+    return True
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def job_counts(session: Session, job_id: int) -> dict[str, Any]:
+    """Counts a person needs to judge a job: items by state, batches by state, rejected rows."""
+    job = get_job(session, job_id)
+    items = dict(
+        session.execute(select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)).all()
+    )
+    batches = dict(
+        session.execute(select(Batch.status, func.count()).where(Batch.job_id == job_id).group_by(Batch.status)).all()
+    )
+    errors_by_stage = dict(
+        session.execute(
+            select(ItemError.stage, func.count()).where(ItemError.job_id == job_id).group_by(ItemError.stage)
+        ).all()
+    )
+    done = items.get(ItemStatus.DONE.value, 0)
+    failed = items.get(ItemStatus.FAILED.value, 0)
+    total = job.items_total
+    return {
+        "job_id": job.id,
+        "workload": job.workload,
+        "status": job.status,
+        "source": job.source_uri,
+        "model": {"name": job.model_name, "version": job.model_version},
+        "items_total": total,
+        "items_done": done,
+        "items_failed": failed,
+        "items_pending": total - done - failed,
+        "rows_rejected": job.rows_rejected,
+        "errors_by_stage": errors_by_stage,
+        "batches": batches,
+        "batches_total": job.batches_total,
+        "progress": 1.0 if total == 0 else round((done + failed) / total, 4),
+        "error": job.error,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Iterator[dict[str, Any]]:
+    """Every result of a job with its source file, row and patient identifier, in input order."""
+    stmt = (
+        select(
+            Item.source_uri, Item.source_row, Item.patient_ref, Item.item_key,
+            Result.label, Result.score, Result.model_name, Result.model_version, Result.detail, Result.created_at,
+        )
+        .join(Result, Result.item_id == Item.id)
+        .where(Item.job_id == job_id)
+        .order_by(Item.id)
+        .execution_options(yield_per=chunk)
+    )
+    for row in session.execute(stmt):
+        yield {
+            "source_file": row.source_uri,
+            "source_row": row.source_row,
+            "patient_id": row.patient_ref,
+            "item_key": row.item_key,
+            "label": row.label,
+            "score": row.score,
+            "model_name": row.model_name,
+            "model_version": row.model_version,
+            "detail": row.detail,
+            "created_at": row.created_at.isoformat() if row.created_at else None,
+        }
+
+
+def iter_errors(session: Session, job_id: int) -> Iterator[dict[str, Any]]:
+    """Every recorded error of a job, rejected rows and failed items, in source order."""
+    stmt = (
+        select(ItemError)
+        .where(ItemError.job_id == job_id)
+        .order_by(ItemError.source_uri, ItemError.source_row, ItemError.id)
+    )
+    for err in session.scalars(stmt):
+        yield {
+            "source_file": err.source_uri,
+            "source_row": err.source_row,
+            "patient_id": err.patient_ref,
+            "stage": err.stage,
+            "reason": err.reason,
+            "created_at": err.created_at.isoformat() if err.created_at else None,
+        }
+
+
+def unfinished_batches(session: Session, job_id: int) -> list[tuple[int, str]]:
+    """(batch id, queue) of every batch of the job that is not done or dead."""
+    return [
+        (row.id, row.queue)
+        for row in session.execute(
+            select(Batch.id, Batch.queue).where(Batch.job_id == job_id, Batch.status.not_in(FINISHED_BATCH))
+            .order_by(Batch.seq)
+        )
+    ]
+
+
+def list_jobs(session: Session, limit: int = 20) -> list[Job]:
+    """The most recent jobs first."""
+    return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+
+# --------------------------------------------------------------------------- model registry
+
+
+def register_model(
+    session: Session, *, name: str, version: str, uri: str, metrics: dict[str, Any], training_source: str,
+    activate: bool = True,
+) -> Model:
+    """Add (or find) a model version; when ``activate``, it becomes the one new jobs use."""
+    model = session.scalars(select(Model).where(Model.name == name, Model.version == version)).one_or_none()
+    if model is None:
+        model = Model(name=name, version=version, uri=uri, metrics=metrics, training_source=training_source)
+        session.add(model)
+    else:
+        model.uri = uri
+    if activate:
+        session.execute(update(Model).where(Model.name == name, Model.version != version).values(active=False))
+        model.active = True
+    session.flush()
+    return model
+
+
+def active_model(session: Session, name: str) -> Model | None:
+    """The active version of model ``name``, if any is registered."""
+    return session.scalars(
+        select(Model).where(Model.name == name, Model.active.is_(True)).order_by(Model.id.desc())
+    ).first()
+
+
+def find_model(session: Session, name: str, version: str) -> Model:
+    """A registered model version, or :class:`NotFound`."""
+    model = session.scalars(select(Model).where(Model.name == name, Model.version == version)).one_or_none()
+    if model is None:
+        raise NotFound(f"model {name} version {version} is not registered")
+    return model
+
+
+def list_models(session: Session) -> list[Model]:
+    return list(session.scalars(select(Model).order_by(Model.name, Model.id.desc())))

@@ -1,0 +1,82 @@
+"""Engines and sessions, with connection failures translated to :class:`DatabaseUnavailable`.
+
+One engine per database URL per process. After a fork (Celery prefork) the child must not reuse
+the parent's pooled connections: :func:`dispose_engines` is called from ``worker_process_init``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from medbatch.errors import DatabaseUnavailable
+
+#: Milliseconds a SQLite writer waits for another writer before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def get_engine(url: str) -> Engine:
+    """The engine for ``url`` in this process, created on first use."""
+    key = (os.getpid(), url)
+    engine = _engines.get(key)
+    if engine is None:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
+        _engines[key] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    """Forget engines inherited from a parent process without closing its connections."""
+    for (pid, _url), engine in list(_engines.items()):
+        engine.dispose(close=pid == os.getpid())
+    _engines.clear()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that mean "the database is unreachable or dropped us", worth a retry."""
+    if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError)):
+        message = str(exc).lower()
+        # SQLite reports schema problems as OperationalError too: those are not transient.
+        return not ("no such table" in message or "no such column" in message)
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on error.
+
+    Raises:
+        DatabaseUnavailable: the connection failed or was lost; the whole transaction was rolled back.
+    """
+    session = sessionmaker(get_engine(url), expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except Exception as exc:
+        session.rollback()
+        if is_transient(exc):
+            raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        raise
+    finally:
+        session.close()

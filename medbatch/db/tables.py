@@ -1,0 +1,170 @@
+"""SQLAlchemy 2 tables: the source of truth for jobs, batches, items, results and models.
+
+Every lifecycle is a ``str`` enum stored as text, so the database reads plainly in SQL. State
+changes happen in :mod:`medbatch.db.repository` only.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# BIGINT on PostgreSQL, INTEGER (the rowid alias, so it autoincrements) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware current time in UTC."""
+    return datetime.now(UTC)
+
+
+class JobStatus(enum.StrEnum):
+    STAGING = "staging"  # producer is still reading and staging inputs
+    QUEUED = "queued"  # every batch is staged and sent
+    RUNNING = "running"  # at least one batch started
+    COMPLETED = "completed"  # every batch finished and every item has a result
+    COMPLETED_WITH_ERRORS = "completed_with_errors"  # finished; some items or rows failed
+    FAILED = "failed"  # nothing could be processed (e.g. the input file itself was unreadable)
+
+
+class BatchStatus(enum.StrEnum):
+    PENDING = "pending"  # staged, message not yet sent
+    QUEUED = "queued"  # message sent to the broker
+    RUNNING = "running"  # a worker picked it up
+    DONE = "done"  # results written
+    DEAD = "dead"  # gave up after max attempts; reason in `error`
+
+
+class ItemStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+FINISHED_BATCH = (BatchStatus.DONE.value, BatchStatus.DEAD.value)
+FINISHED_JOB = (JobStatus.COMPLETED.value, JobStatus.COMPLETED_WITH_ERRORS.value, JobStatus.FAILED.value)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    workload: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(32), default=JobStatus.STAGING.value, index=True)
+    source_uri: Mapped[str] = mapped_column(Text, default="")
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    items_total: Mapped[int] = mapped_column(Integer, default=0)
+    rows_rejected: Mapped[int] = mapped_column(Integer, default=0)
+    batches_total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    submitted_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_batches_job_seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32), default=BatchStatus.PENDING.value, index=True)
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Item(Base):
+    """One staged input: a CSV row, an image, a generation request."""
+
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("job_id", "item_key", name="uq_items_job_key"),
+        Index("ix_items_batch_status", "batch_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    item_key: Mapped[str] = mapped_column(String(128))  # natural key within the job, e.g. "row:17"
+    source_uri: Mapped[str] = mapped_column(Text)
+    source_row: Mapped[int | None] = mapped_column(Integer)  # 1-based line number in the source file
+    patient_ref: Mapped[str | None] = mapped_column(String(128))  # the input's own patient identifier
+    payload: Mapped[dict] = mapped_column(JSON)  # validated, normalised model inputs
+    status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING.value)
+
+
+class Result(Base):
+    """A model output for one item. ``item_id`` is the natural key: a re-delivered batch writes nothing twice."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), unique=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(128))
+    score: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ItemError(Base):
+    """A recorded, explained failure: a rejected input row, or an item the model could not process."""
+
+    __tablename__ = "item_errors"
+    __table_args__ = (UniqueConstraint("job_id", "error_key", name="uq_item_errors_job_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    error_key: Mapped[str] = mapped_column(String(160))  # natural key, e.g. "validation:row:17"
+    stage: Mapped[str] = mapped_column(String(32))  # validation | inference
+    source_uri: Mapped[str] = mapped_column(Text)
+    source_row: Mapped[int | None] = mapped_column(Integer)
+    patient_ref: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Model(Base):
+    """The model registry: one row per (name, version); version is the hash of the artifact."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    uri: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    training_source: Mapped[str] = mapped_column(Text, default="")
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,87 @@
+"""``medbatch demo``: the main job end to end on embedded defaults, then everything it started is stopped."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from medbatch.config import get_settings, redact_url
+from medbatch.errors import MedbatchError
+
+
+def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
+    """Run the demo; returns the process exit code (0 when every job finished)."""
+    from medbatch.db import repository as repo
+    from medbatch.db.migrate import upgrade
+    from medbatch.db.session import session_scope
+    from medbatch.db.tables import FINISHED_JOB
+    from medbatch.export import write_rows
+    from medbatch.producer.enqueue import celery_sender, submit_records
+    from medbatch.producer.synthetic import write_patients
+    from medbatch.worker.app import create_app
+    from medbatch.worker.embedded import redis_reachable, start_local_redis
+    from medbatch.worker.processes import start_worker, wait_until_ready
+
+    settings = get_settings()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = []
+    local_redis = None
+    try:
+        if redis_reachable(settings.broker_url):
+            console.print(f"broker: Redis at {redact_url(settings.broker_url)}")
+        else:
+            local_redis = start_local_redis(settings.broker_url)
+            started.append(local_redis)
+            console.print(f"broker: no Redis was running, started a local one at {redact_url(settings.broker_url)}")
+        upgrade(settings.database_url)
+        console.print(f"database: {redact_url(settings.database_url)}")
+
+        console.print("starting a worker for the tabular queue ...")
+        env = {"MEDBATCH_BROKER_URL": settings.broker_url, "MEDBATCH_DATABASE_URL": settings.database_url}
+        worker = start_worker("tabular", env=env, concurrency=min(2, os.cpu_count() or 1),
+                              log_path=workdir / "worker-tabular.log")
+        started.append(worker)
+        app = create_app(settings)
+        wait_until_ready(app, worker, timeout_s=120)
+
+        send = celery_sender(app)
+        jobs = []
+        for workload in ("risk", "treatment"):
+            path = write_patients(workdir / f"{workload}_patients.csv", workload, patients, seed=7, bad_fraction=0.01)
+            console.print(f"submitting {path} ({patients} SYNTHETIC patients, about 1% with deliberate mistakes)")
+            summary = submit_records(path, workload, database_url=settings.database_url, send=send,
+                                     batch_size=settings.batch_size)
+            jobs.append(summary)
+
+        from medbatch.cli import _wait
+
+        finals = [_wait(settings.database_url, s.job_id, timeout_s=600) for s in jobs]
+        table = Table("job", "workload", "status", "items", "done", "failed", "rejected rows", "results file",
+                      title="medbatch demo")
+        code = 0
+        for s, c in zip(jobs, finals, strict=True):
+            result_file = workdir / f"results-{s.workload}-job{s.job_id}.csv"
+            with session_scope(settings.database_url) as sess:
+                write_rows(repo.iter_results(sess, s.job_id), "csv", result_file)
+                write_rows(repo.iter_errors(sess, s.job_id), "csv", workdir / f"errors-{s.workload}-job{s.job_id}.csv")
+            table.add_row(str(s.job_id), s.workload, c["status"], str(c["items_total"]), str(c["items_done"]),
+                          str(c["items_failed"]), str(c["rows_rejected"]), str(result_file))
+            if c["status"] not in FINISHED_JOB:
+                code = 1
+        console.print(table)
+        console.print(
+            "query them yourself: [bold]medbatch status[/], [bold]medbatch results JOB[/], or SQL, e.g.\n"
+            "  sqlite3 medbatch.db \"select label, count(*) from results group by label\""
+        )
+        return code
+    except MedbatchError as exc:
+        console.print(f"[bold red]demo failed:[/] {exc}")
+        return 1
+    finally:
+        for thing in reversed(started):
+            thing.stop()
+        if local_redis is not None:
+            console.print("stopped the local Redis and the worker")

@@ -1,0 +1,114 @@
+"""Write a job's results or errors as CSV, JSON Lines or Parquet, streamed from the database."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+FORMATS = ("csv", "json", "parquet")
+_FORMULA_START = ("=", "+", "@", "\t", "\r")
+
+
+def neutralise(value: Any) -> Any:
+    """Defuse spreadsheet formula injection: a text cell that Excel would run gets a leading quote."""
+    if isinstance(value, str) and value and (
+        value.startswith(_FORMULA_START) or (value[0] == "-" and not _numeric(value))
+    ):
+        return "'" + value
+    return value
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def flatten(row: dict[str, Any]) -> dict[str, Any]:
+    """One flat record per result: ``detail.probabilities`` become ``prob_<class>`` columns."""
+    out = {k: v for k, v in row.items() if k != "detail"}
+    detail = row.get("detail") or {}
+    for cls, p in (detail.get("probabilities") or {}).items():
+        out[f"prob_{cls}"] = p
+    for key, value in detail.items():
+        if key != "probabilities":
+            out[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
+    return out
+
+
+def write_rows(rows: Iterable[dict[str, Any]], fmt: str, output: Path | None) -> int:
+    """Write ``rows`` in ``fmt`` to ``output`` (standard output when None). Returns the row count."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        return _write_parquet(rows, output)
+    fh: IO[str] = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        return _write_csv(rows, fh) if fmt == "csv" else _write_jsonl(rows, fh)
+    finally:
+        if output:
+            fh.close()
+
+
+def _write_jsonl(rows: Iterable[dict[str, Any]], fh: IO[str]) -> int:
+    n = 0
+    for row in rows:
+        fh.write(json.dumps(row, default=str) + "\n")
+        n += 1
+    return n
+
+
+def _write_csv(rows: Iterable[dict[str, Any]], fh: IO[str]) -> int:
+    it: Iterator[dict[str, Any]] = (flatten(r) for r in rows)
+    first = next(it, None)
+    if first is None:
+        return 0
+    writer = csv.DictWriter(fh, fieldnames=list(first), extrasaction="ignore")
+    writer.writeheader()
+    n = 0
+    for r in itertools.chain([first], it):
+        writer.writerow({k: neutralise(v) for k, v in r.items()})
+        n += 1
+    return n
+
+
+def _write_parquet(rows: Iterable[dict[str, Any]], output: Path | None) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if output is None:
+        raise ValueError("parquet is binary: give --output FILE")
+    writer = None
+    n = 0
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal writer
+        table = pa.Table.from_pylist(batch)
+        if writer is None:
+            writer = pq.ParquetWriter(output, table.schema)
+        writer.write_table(table.cast(writer.schema))
+
+    try:
+        for row in rows:
+            batch.append(flatten(row))
+            n += 1
+            if len(batch) >= 50_000:
+                flush()
+                batch = []
+        if batch or writer is None:
+            if batch:
+                flush()
+            else:
+                pq.write_table(pa.table({}), output)
+    finally:
+        if writer is not None:
+            writer.close()
+    return n

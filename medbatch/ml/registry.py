@@ -1,0 +1,88 @@
+"""Where model artifacts live and how each kind is loaded: lazily, once per process, verified by hash.
+
+A registry URI is either ``builtin:<file>`` (an artifact shipped inside the package, in
+``medbatch/models``) or a filesystem path. The SQL registry rows live in :mod:`medbatch.db`; this module
+only knows files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import threading
+from pathlib import Path
+from typing import Any
+
+from medbatch.errors import ModelMisconfigured
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models"
+BUILTIN_PREFIX = "builtin:"
+
+#: model name -> "module:function" that loads an artifact path into a model object.
+LOADERS: dict[str, str] = {
+    "risk": "medbatch.ml.tabular:load_model",
+    "treatment": "medbatch.ml.tabular:load_model",
+}
+
+#: The shipped artifact for each model name, used when the registry has none yet.
+BUILTIN_ARTIFACTS: dict[str, str] = {
+    "risk": "builtin:risk.skops",
+    "treatment": "builtin:treatment.skops",
+}
+
+_cache: dict[tuple[str, str], Any] = {}
+_lock = threading.Lock()
+
+
+def resolve_uri(uri: str) -> Path:
+    """The local path of an artifact URI."""
+    if uri.startswith(BUILTIN_PREFIX):
+        return BUILTIN_DIR / uri[len(BUILTIN_PREFIX):]
+    return Path(uri).expanduser()
+
+
+def file_version(path: Path) -> str:
+    """The version of an artifact: the first 16 hex digits of the SHA-256 of its bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _loader(name: str):
+    try:
+        module, func = LOADERS[name].split(":")
+    except KeyError:
+        raise ModelMisconfigured(f"no loader for model {name!r}; known: {', '.join(sorted(LOADERS))}") from None
+    return getattr(importlib.import_module(module), func)
+
+
+def load(name: str, version: str, uri: str) -> Any:
+    """Load model ``name`` at ``version`` from ``uri``, once per process; later calls return the cached object.
+
+    Raises:
+        ModelMisconfigured: the artifact is missing or its bytes do not hash to ``version``.
+    """
+    key = (name, version)
+    with _lock:
+        model = _cache.get(key)
+        if model is not None:
+            return model
+        path = resolve_uri(uri)
+        if not path.is_file():
+            raise ModelMisconfigured(f"model {name} {version}: artifact {path} not found on this worker")
+        actual = file_version(path)
+        if actual != version:
+            raise ModelMisconfigured(
+                f"model {name}: artifact {path} hashes to {actual}, registry says {version} (changed or tampered)"
+            )
+        model = _loader(name)(path)
+        _cache[key] = model
+        return model
+
+
+def clear_cache() -> None:
+    """Forget loaded models (tests; a worker never needs this)."""
+    with _lock:
+        _cache.clear()

@@ -1,0 +1,63 @@
+"""The shape every batch takes: claim, load, predict, write once. Shared by all workloads."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from medbatch.db import repository as repo
+from medbatch.db.session import session_scope
+from medbatch.errors import PermanentError
+from medbatch.ml import registry
+
+log = logging.getLogger("medbatch.pipeline")
+
+Predict = Callable[[Any, list], tuple[list[dict], list[dict]]]
+
+
+def load_job_model(database_url: str, name: str | None, version: str | None) -> Any:
+    """The model a job was submitted with, loaded once per process."""
+    from medbatch.errors import ModelMisconfigured
+
+    if not name or not version:
+        raise ModelMisconfigured("the job names no model")
+    with session_scope(database_url) as s:
+        uri = repo.find_model(s, name, version).uri
+    return registry.load(name, version, uri)
+
+
+def run_batch(batch_id: int, *, database_url: str, max_attempts: int, predict: Predict) -> dict[str, Any]:
+    """Claim ``batch_id``, predict its pending items with the job's model, write every outcome at once.
+
+    A :class:`PermanentError` (no model, tampered artifact) fails every item of the batch with the
+    reason: a failed model call is never recorded as a finding. A retryable error propagates, so the
+    task retries; the claim already counted the attempt.
+    """
+    started = time.perf_counter()
+    with session_scope(database_url) as s:
+        claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts)
+    if claim is None:
+        log.info("batch %s already finished; nothing written", batch_id)
+        return {"batch_id": batch_id, "status": "skipped"}
+    with session_scope(database_url) as s:
+        items = repo.load_pending_items(s, batch_id)
+    try:
+        model = load_job_model(database_url, claim.model_name, claim.model_version)
+        results, failures = predict(model, items) if items else ([], [])
+    except PermanentError as exc:
+        results = []
+        failures = [
+            {"item_id": it.id, "source_uri": it.source_uri, "source_row": it.source_row,
+             "patient_ref": it.patient_ref, "reason": str(exc)}
+            for it in items
+        ]
+    with session_scope(database_url) as s:
+        repo.complete_batch(s, batch_id=batch_id, job_id=claim.job_id, results=results, failures=failures)
+    log.info(
+        "job %s batch %s attempt %s: %d results, %d failures in %.2fs (model %s %s)",
+        claim.job_id, batch_id, claim.attempt, len(results), len(failures), time.perf_counter() - started,
+        claim.model_name, claim.model_version,
+    )
+    return {"batch_id": batch_id, "status": "done", "results": len(results), "failures": len(failures)}

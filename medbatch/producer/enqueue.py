@@ -1,0 +1,202 @@
+"""Stage validated inputs in the database, commit, and only then send one message per batch.
+
+Messages carry a batch ID and nothing else. If the broker is down after staging, the batches stay
+``pending`` in the database and ``medbatch resume JOB`` sends them later: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medbatch.db import repository as repo
+from medbatch.db.session import session_scope
+from medbatch.errors import BrokerUnavailable, InvalidInput
+from medbatch.ml import registry
+from medbatch.producer.records import iter_record_chunks
+from medbatch.worker.routing import route_for
+
+log = logging.getLogger("medbatch.producer")
+
+#: send(task_name, queue, batch_id) publishes one message; raises on broker failure.
+Send = Callable[[str, str, int], None]
+Progress = Callable[[int, int, int], None]  # (bytes_read, items_staged, rows_rejected)
+
+
+@dataclass
+class SubmitSummary:
+    job_id: int
+    workload: str
+    source: str
+    items_staged: int = 0
+    rows_rejected: int = 0
+    batches: int = 0
+    batches_sent: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def celery_sender(app) -> Send:
+    """A :data:`Send` that publishes through a Celery app, with the ID alone shown in Flower."""
+
+    def send(task: str, queue: str, batch_id: int) -> None:
+        try:
+            app.send_task(task, args=[batch_id], queue=queue, argsrepr=f"[{batch_id}]", kwargsrepr="{}")
+        except Exception as exc:  # kombu raises several types for a dead broker
+            raise BrokerUnavailable(f"could not send batch {batch_id}: {type(exc).__name__}") from exc
+
+    return send
+
+
+def ensure_model(database_url: str, name: str) -> tuple[str, str]:
+    """The (name, version) a new job of ``name`` will use: the active registered model, else the shipped one."""
+    with session_scope(database_url) as s:
+        model = repo.active_model(s, name)
+        if model is not None:
+            return model.name, model.version
+        uri = registry.BUILTIN_ARTIFACTS.get(name)
+        if uri is None:
+            raise InvalidInput(f"no {name} model is registered; train one with `medbatch train {name} ...`")
+        path = registry.resolve_uri(uri)
+        if not path.is_file():
+            raise InvalidInput(f"the shipped {name} model is missing ({path}); train one with `medbatch train {name}`")
+        metrics = _card_metrics(path)
+        model = repo.register_model(
+            s, name=name, version=registry.file_version(path), uri=uri, metrics=metrics,
+            training_source=metrics.pop("_training_source", "shipped with medbatch"),
+        )
+        return model.name, model.version
+
+
+def _card_metrics(path: Path) -> dict[str, Any]:
+    import json
+
+    meta = path.with_suffix(".json")
+    if not meta.is_file():
+        return {}
+    data = json.loads(meta.read_text())
+    out = dict(data.get("metrics") or {})
+    if data.get("training_source"):
+        out["_training_source"] = data["training_source"]
+    return out
+
+
+def send_batches(send: Send, database_url: str, batches: Sequence[tuple[int, str]], task: str) -> int:
+    """Send one message per (batch id, queue) and mark those sent as queued. Returns how many were sent.
+
+    Raises:
+        BrokerUnavailable: after marking the ones sent before the failure.
+    """
+    sent: list[int] = []
+    try:
+        for batch_id, queue in batches:
+            send(task, queue, batch_id)
+            sent.append(batch_id)
+    finally:
+        if sent:
+            with session_scope(database_url) as s:
+                repo.mark_batches_queued(s, sent)
+    return len(sent)
+
+
+def submit_records(
+    path: Path,
+    workload: str,
+    *,
+    database_url: str,
+    send: Send,
+    batch_size: int,
+    id_column: str | None = None,
+    progress: Progress | None = None,
+    submitted_by: str | None = None,
+) -> SubmitSummary:
+    """Validate and stage a patient-record CSV as a job, then enqueue its batches.
+
+    Each committed chunk's batches are sent right away, so workers start while a large file is still
+    being read. Bad rows become recorded rejections; the rest of the file goes on.
+
+    Raises:
+        InvalidInput: the file as a whole cannot be used (missing, empty, required columns absent);
+            nothing is staged.
+        BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
+    """
+    path = Path(path)
+    route = route_for(workload)
+    from medbatch.producer.records import read_header
+
+    read_header(path, workload, id_column)  # fail fast, before a job exists
+    model_name, model_version = ensure_model(database_url, workload)
+    with session_scope(database_url) as s:
+        job_id = repo.create_job(
+            s, workload=workload, source_uri=str(path.resolve()), model_name=model_name,
+            model_version=model_version, options={"batch_size": batch_size, "id_column": id_column},
+            submitted_by=submitted_by or _whoami(),
+        )
+    summary = SubmitSummary(job_id=job_id, workload=workload, source=str(path),
+                            model={"name": model_name, "version": model_version})
+    log.info("job %s: staging %s input (model %s %s)", job_id, workload, model_name, model_version)
+    pending: list[dict] = []
+    seq = 0
+
+    def flush(items: list[dict], rejected: Iterable[dict]) -> None:
+        nonlocal seq
+        new_batches: list[tuple[int, str]] = []
+        with session_scope(database_url) as s:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                new_batches.append((repo.stage_batch(s, job_id=job_id, seq=seq, queue=route.queue, items=chunk),
+                                    route.queue))
+                seq += 1
+            repo.record_rejections(s, job_id=job_id, errors=list(rejected))
+        summary.batches += len(new_batches)
+        summary.items_staged += len(items)
+        summary.batches_sent += send_batches(send, database_url, new_batches, route.task)
+
+    try:
+        for chunk in iter_record_chunks(path, workload, id_column=id_column):
+            pending.extend(chunk.items)
+            full = len(pending) - len(pending) % batch_size
+            flush(pending[:full], chunk.rejected)
+            pending = pending[full:]
+            summary.rows_rejected += len(chunk.rejected)
+            if progress:
+                progress(chunk.bytes_read, summary.items_staged, summary.rows_rejected)
+        flush(pending, [])
+    except InvalidInput as exc:
+        with session_scope(database_url) as s:
+            repo.finish_staging(s, job_id, error=str(exc))
+        raise
+    with session_scope(database_url) as s:
+        repo.finish_staging(s, job_id)
+    if summary.items_staged == 0:
+        summary.warnings.append("no valid rows: nothing was queued")
+    log.info("job %s: %d items in %d batches, %d rows rejected", job_id, summary.items_staged, summary.batches,
+             summary.rows_rejected)
+    return summary
+
+
+def resume_job(job_id: int, *, database_url: str, send: Send) -> int:
+    """Re-send every batch of ``job_id`` that is not finished. Re-delivery is harmless: writes are idempotent.
+
+    Returns:
+        The number of messages sent.
+    """
+    with session_scope(database_url) as s:
+        job = repo.get_job(s, job_id)
+        route = route_for(job.workload)
+        batches = repo.unfinished_batches(s, job_id)
+    return send_batches(send, database_url, batches, route.task)
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user database in some containers
+        return "unknown"

@@ -1,0 +1,260 @@
+"""Read and validate patient-record CSVs, streamed in chunks so memory stays flat whatever the file size.
+
+Every data row either becomes a validated item (the model inputs, normalised to the units below) or
+a rejection with its line number and a reason a clerk can act on. Problems with the file as a whole
+(empty, unreadable, required columns missing) raise :class:`InvalidInput` before anything is staged.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medbatch.errors import InvalidInput
+
+#: Data rows validated together: the unit of streaming.
+CHUNK_ROWS = 20_000
+#: Column names taken as the input's own patient identifier, in order of preference.
+ID_COLUMNS = ("patient_id", "patientid", "mrn", "medical_record_number", "record_id", "patient", "id")
+#: Longest patient identifier kept.
+MAX_ID_LEN = 128
+csv.field_size_limit(1 << 20)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One model input: its name, unit and the range a real patient's value can take."""
+
+    name: str
+    unit: str
+    low: float
+    high: float
+    kind: str = "number"  # number | flag
+    hint_below: tuple[float, str] | None = None  # (value, hint) for a likely unit mix-up
+
+
+AGE = Column("age", "years", 18, 120, hint_below=(18, "the models are trained on adults"))
+SMOKING = Column("smoking_history", "cigarettes per day, 0 for a non-smoker", 0, 150)
+SCHEMAS: dict[str, tuple[Column, ...]] = {
+    "risk": (
+        AGE,
+        Column("bmi", "kg/m2", 10, 90),
+        Column("exercise_frequency", "exercise sessions per week", 0, 21),
+        SMOKING,
+    ),
+    "treatment": (
+        AGE,
+        Column("blood_pressure", "systolic mmHg (\"120/80\" is read as 120)", 50, 300),
+        Column("cholesterol", "total cholesterol, mg/dL", 50, 800, hint_below=(25, "it looks like mmol/L: x38.67")),
+        SMOKING,
+        Column("diabetes", "0/1, yes/no or true/false", 0, 1, kind="flag"),
+    ),
+}
+
+_TRUE = {"1", "1.0", "yes", "y", "true", "t"}
+_FALSE = {"0", "0.0", "no", "n", "false", "f"}
+_BP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*\d+(?:\.\d+)?\s*$")
+
+
+@dataclass
+class RecordChunk:
+    """The outcome of one chunk: staged-to-be items and rejected rows."""
+
+    items: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+def normalise_header(name: str) -> str:
+    """``' Blood Pressure '`` -> ``'blood_pressure'``; strips a UTF-8 byte-order mark."""
+    return re.sub(r"[\s\-]+", "_", name.replace("\ufeff", "").strip().lower())
+
+
+def required_columns(workload: str) -> tuple[str, ...]:
+    """The input columns a ``workload`` CSV must have."""
+    try:
+        return tuple(c.name for c in SCHEMAS[workload])
+    except KeyError:
+        raise InvalidInput(f"unknown tabular workload {workload!r}; choose one of {sorted(SCHEMAS)}") from None
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def validate_frame(frame: pd.DataFrame, workload: str) -> tuple[pd.DataFrame, list[list[str]]]:
+    """Validate raw string columns; return the parsed numeric frame and, per row, the reasons it is bad.
+
+    Args:
+        frame: one string column per required input (missing values as empty strings or NaN).
+        workload: ``risk`` or ``treatment``.
+
+    Returns:
+        ``(values, reasons)``: ``values`` holds float64 columns in the schema's units; ``reasons[i]``
+        is empty when row ``i`` is valid.
+    """
+    reasons: list[list[str]] = [[] for _ in range(len(frame))]
+    values = pd.DataFrame(index=frame.index)
+    for col in SCHEMAS[workload]:
+        raw = frame[col.name].astype("string").fillna("").str.strip()
+        blank = (raw == "").to_numpy()
+        if col.kind == "flag":
+            low = raw.str.lower()
+            parsed = pd.Series(np.where(low.isin(_TRUE), 1.0, np.where(low.isin(_FALSE), 0.0, np.nan)), index=raw.index)
+        else:
+            text = raw
+            if col.name == "blood_pressure":
+                text = raw.str.replace(_BP, r"\1", regex=True)
+            parsed = pd.to_numeric(text.str.replace(",", ".", regex=False).where(~blank), errors="coerce")
+            parsed = parsed.astype("float64")
+        arr = parsed.to_numpy(dtype="float64", na_value=np.nan)
+        unparsable = np.isnan(arr) & ~blank
+        nonfinite = np.isinf(arr)
+        finite = np.isfinite(arr)
+        out_of_range = finite & ((arr < col.low) | (arr > col.high))
+        for i in np.flatnonzero(blank):
+            reasons[i].append(f"{col.name} is missing ({col.unit})")
+        for i in np.flatnonzero(unparsable | nonfinite):
+            shown = raw.iat[i][:40]
+            expect = "0/1, yes/no or true/false" if col.kind == "flag" else f"a number in {col.unit}"
+            reasons[i].append(f"{col.name} {shown!r} is not {expect}")
+        for i in np.flatnonzero(out_of_range):
+            msg = (
+                f"{col.name} {_fmt(arr[i])} is outside the plausible range "
+                f"{_fmt(col.low)}-{_fmt(col.high)} {col.unit}"
+            )
+            if col.hint_below and arr[i] < col.hint_below[0]:
+                msg += f" ({col.hint_below[1]})"
+            reasons[i].append(msg)
+        values[col.name] = np.where(finite & ~out_of_range, arr, np.nan)
+    return values, reasons
+
+
+def _open_text(path: Path):
+    try:
+        return path.open("r", encoding="utf-8-sig", newline="")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path}: is a directory, expected a CSV file") from None
+    except PermissionError:
+        raise InvalidInput(f"{path}: permission denied") from None
+
+
+def read_header(path: Path, workload: str, id_column: str | None = None) -> tuple[list[str], str | None]:
+    """Check the header row; return the normalised column names and the patient-id column, if any.
+
+    Raises:
+        InvalidInput: the file is missing, empty, not UTF-8 text, or lacks a required column.
+    """
+    with _open_text(path) as fh:
+        try:
+            header = next(csv.reader(fh), None)
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{path}: not UTF-8 text; save the file as CSV (UTF-8)") from None
+        except csv.Error as exc:
+            raise InvalidInput(f"{path}: unreadable CSV header ({exc})") from None
+    if not header or all(not h.strip() for h in header):
+        raise InvalidInput(f"{path}: the file is empty; expected a header row with {', '.join(required_columns(workload))}")
+    names = [normalise_header(h) for h in header]
+    missing = [c for c in required_columns(workload) if c not in names]
+    if missing:
+        raise InvalidInput(
+            f"{path}: missing required column(s) {', '.join(missing)} for {workload}; "
+            f"found {', '.join(n or '(blank)' for n in names)}"
+        )
+    dupes = sorted({n for n in names if n and names.count(n) > 1})
+    if dupes:
+        raise InvalidInput(f"{path}: column(s) {', '.join(dupes)} appear more than once")
+    if id_column is not None:
+        wanted = normalise_header(id_column)
+        if wanted not in names:
+            raise InvalidInput(f"{path}: patient id column {id_column!r} not found")
+        return names, wanted
+    return names, next((c for c in ID_COLUMNS if c in names), None)
+
+
+def iter_record_chunks(
+    path: Path, workload: str, *, id_column: str | None = None, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[RecordChunk]:
+    """Stream ``path`` as validated chunks of at most ``chunk_rows`` data rows.
+
+    Row numbers are 1-based line numbers of the file (the header is line 1), as a spreadsheet shows them;
+    a quoted field spanning lines is numbered by its first line. Blank lines are skipped.
+    """
+    names, id_col = read_header(path, workload, id_column)
+    required = required_columns(workload)
+    width = len(names)
+    index = {n: i for i, n in enumerate(names)}
+    source = str(Path(path).resolve())
+    with _open_text(path) as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        start_line = reader.line_num + 1
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        pre_rejected: list[dict] = []
+        try:
+            for row in reader:
+                line = start_line
+                start_line = reader.line_num + 1
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) != width:
+                    pid = row[index[id_col]].strip()[:MAX_ID_LEN] if id_col and index[id_col] < len(row) else None
+                    pre_rejected.append(
+                        {"source_uri": source, "source_row": line, "patient_ref": pid or None,
+                         "reason": f"row has {len(row)} fields but the header has {width} "
+                                   "(an unquoted comma, or a missing value?)"}
+                    )
+                    continue
+                rows.append(row)
+                lines.append(line)
+                if len(rows) >= chunk_rows:
+                    yield _validate_chunk(rows, lines, names, required, id_col, source, workload, pre_rejected, fh)
+                    rows, lines, pre_rejected = [], [], []
+        except UnicodeDecodeError:
+            pre_rejected.append(
+                {"source_uri": source, "source_row": start_line, "patient_ref": None,
+                 "reason": "the file is not UTF-8 text from here on; the rest of the file was not read"}
+            )
+        except csv.Error as exc:
+            pre_rejected.append(
+                {"source_uri": source, "source_row": start_line, "patient_ref": None,
+                 "reason": f"unreadable CSV from here on ({exc}); the rest of the file was not read"}
+            )
+        if rows or pre_rejected:
+            yield _validate_chunk(rows, lines, names, required, id_col, source, workload, pre_rejected, fh)
+
+
+def _validate_chunk(rows, lines, names, required, id_col, source, workload, pre_rejected, fh) -> RecordChunk:
+    chunk = RecordChunk(rejected=list(pre_rejected))
+    try:
+        chunk.bytes_read = fh.buffer.tell()
+    except (AttributeError, OSError, ValueError):
+        chunk.bytes_read = 0
+    if not rows:
+        return chunk
+    frame = pd.DataFrame(rows, columns=names, dtype="string")
+    values, reasons = validate_frame(frame[list(required)], workload)
+    ids = frame[id_col].fillna("").str.strip().str.slice(0, MAX_ID_LEN).tolist() if id_col else [None] * len(rows)
+    records = values.to_dict("records")
+    for i, line in enumerate(lines):
+        pid = ids[i] or None
+        if reasons[i]:
+            chunk.rejected.append(
+                {"source_uri": source, "source_row": line, "patient_ref": pid, "reason": "; ".join(reasons[i])}
+            )
+        else:
+            chunk.items.append(
+                {"item_key": f"row:{line}", "source_uri": source, "source_row": line, "patient_ref": pid,
+                 "payload": records[i]}
+            )
+    chunk.rejected.sort(key=lambda r: r["source_row"] or 0)
+    return chunk

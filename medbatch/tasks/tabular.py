@@ -1,0 +1,22 @@
+"""Celery adapter for the patient-record workloads: a batch ID in, a small dict out."""
+
+from celery import shared_task
+
+from medbatch.config import get_settings
+from medbatch.errors import PermanentError
+from medbatch.pipeline import tabular
+
+
+@shared_task(
+    name="medbatch.tabular.score_batch",
+    bind=True,
+    autoretry_for=(Exception,),
+    dont_autoretry_for=(PermanentError,),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=20,
+)
+def score_batch(self, batch_id: int) -> dict:
+    settings = get_settings()
+    return tabular.score_batch(batch_id, database_url=settings.database_url, max_attempts=settings.max_attempts)

@@ -1,0 +1,65 @@
+"""The Celery application: JSON only, late acks, one message at a time, events on for Flower.
+
+``celery -A medbatch.worker.app worker`` and ``medbatch worker`` use :data:`app`, configured from the
+environment once at import. Producers that need other settings call :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from medbatch.config import Settings, get_settings
+from medbatch.worker.routing import QUEUES, task_routes
+
+TASK_MODULES = ["medbatch.tasks.tabular"]
+
+
+def celery_config(settings: Settings) -> dict:
+    """The Celery configuration for ``settings`` (plain dict, easy to read and test)."""
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": None,  # the SQL database is the source of truth, not Celery results
+        "task_ignore_result": True,
+        # JSON only: a pickled (or any non-JSON) message is refused, never run.
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "result_accept_content": ["json"],
+        # At-least-once delivery: ack after the task ran; a lost worker's message is re-delivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Redis re-delivers an unacked message after this long. It must exceed the slowest batch;
+        # re-delivery is harmless because every write is idempotent. See docs/design.md.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        # Events, so Flower sees tasks sent, started and finished.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
+        "task_default_queue": "tabular",
+        "task_routes": task_routes(),
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "enable_utc": True,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A configured Celery app; tasks are registered by importing :data:`TASK_MODULES` in workers."""
+    settings = settings or get_settings()
+    celery_app = Celery("medbatch", include=TASK_MODULES, set_as_current=False)
+    celery_app.conf.update(celery_config(settings))
+    return celery_app
+
+
+app = create_app()
+app.set_current()
+app.set_default()
+
+from medbatch.worker import signals  # noqa: E402,F401  (connects the worker process signals)

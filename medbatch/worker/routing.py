@@ -1,0 +1,32 @@
+"""Queues and routing, defined in one place: which task serves each workload, on which queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+QUEUES = ("tabular", "imaging", "reports", "molecules")
+
+
+@dataclass(frozen=True)
+class Route:
+    task: str
+    queue: str
+
+
+#: workload -> the task that processes one of its batches.
+WORKLOADS: dict[str, Route] = {
+    "risk": Route("medbatch.tabular.score_batch", "tabular"),
+    "treatment": Route("medbatch.tabular.score_batch", "tabular"),
+}
+
+
+def route_for(workload: str) -> Route:
+    try:
+        return WORKLOADS[workload]
+    except KeyError:
+        raise ValueError(f"unknown workload {workload!r}; known: {', '.join(sorted(WORKLOADS))}") from None
+
+
+def task_routes() -> dict[str, dict[str, str]]:
+    """Celery ``task_routes``: every task name to its queue."""
+    return {r.task: {"queue": r.queue} for r in WORKLOADS.values()}
