@@ -16,8 +16,11 @@ from rich.table import Table
 from medbatch.config import get_settings, redact_url
 from medbatch.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, MedbatchError, NotFound
 
-app = typer.Typer(help="medbatch: overnight AI batch processing for hospital data.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="medbatch: overnight AI batch processing for hospital data.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 submit_app = typer.Typer(help="Stage inputs as a job and queue its batches.", no_args_is_help=True)
 train_app = typer.Typer(help="Train a model, evaluate it on held-out data and register it.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -27,8 +30,8 @@ app.add_typer(train_app, name="train")
 app.add_typer(db_app, name="db")
 app.add_typer(worker_app, name="worker")
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 EXIT_INVALID_INPUT = 2
 EXIT_UNAVAILABLE = 3
@@ -46,8 +49,11 @@ def _handle(exc: MedbatchError) -> typer.Exit:
     if isinstance(exc, NotFound):
         return _fail(str(exc), EXIT_NOT_FOUND)
     if isinstance(exc, BrokerUnavailable):
-        return _fail(f"{exc}. Is Redis running at {redact_url(get_settings().broker_url)}? "
-                     "What was staged is kept; `medbatch resume JOB` sends it later.", EXIT_UNAVAILABLE)
+        return _fail(
+            f"{exc}. Is Redis running at {redact_url(get_settings().broker_url)}? "
+            "What was staged is kept; `medbatch resume JOB` sends it later.",
+            EXIT_UNAVAILABLE,
+        )
     if isinstance(exc, DatabaseUnavailable):
         return _fail(f"{exc} ({redact_url(get_settings().database_url)})", EXIT_UNAVAILABLE)
     return _fail(str(exc), 1)
@@ -79,8 +85,9 @@ def _sender():
 # --------------------------------------------------------------------------- submit
 
 
-def _submit_tabular(workload: str, file: Path, batch_size: int | None, id_column: str | None, as_json: bool,
-                    wait: bool) -> None:
+def _submit_tabular(
+    workload: str, file: Path, batch_size: int | None, id_column: str | None, as_json: bool, wait: bool
+) -> None:
     from medbatch.producer.enqueue import submit_records
 
     settings = get_settings()
@@ -91,26 +98,43 @@ def _submit_tabular(workload: str, file: Path, batch_size: int | None, id_column
         if show:
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-            with Progress(TextColumn("staging {task.description}"), BarColumn(), DownloadColumn(),
-                          TextColumn("{task.fields[staged]} staged, {task.fields[rejected]} rejected"),
-                          TimeRemainingColumn(), console=err) as bar:
+            with Progress(
+                TextColumn("staging {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[staged]} staged, {task.fields[rejected]} rejected"),
+                TimeRemainingColumn(),
+                console=err,
+            ) as bar:
                 task = bar.add_task(file.name, total=size or None, staged=0, rejected=0)
                 summary = submit_records(
-                    file, workload, database_url=url, send=_sender(), batch_size=batch_size or settings.batch_size,
+                    file,
+                    workload,
+                    database_url=url,
+                    send=_sender(),
+                    batch_size=batch_size or settings.batch_size,
                     id_column=id_column,
                     progress=lambda b, s, r: bar.update(task, completed=b, staged=s, rejected=r),
                 )
                 bar.update(task, completed=size)
         else:
-            summary = submit_records(file, workload, database_url=url, send=_sender(),
-                                     batch_size=batch_size or settings.batch_size, id_column=id_column)
+            summary = submit_records(
+                file,
+                workload,
+                database_url=url,
+                send=_sender(),
+                batch_size=batch_size or settings.batch_size,
+                id_column=id_column,
+            )
     except MedbatchError as exc:
         raise _handle(exc) from None
     if as_json and not wait:
         out.print_json(json.dumps(summary.as_dict()))
     elif not as_json:
-        err.print(f"job [bold]{summary.job_id}[/]: {summary.items_staged} items in {summary.batches} batches queued, "
-                  f"{summary.rows_rejected} rows rejected (model {summary.model['name']} {summary.model['version']})")
+        err.print(
+            f"job [bold]{summary.job_id}[/]: {summary.items_staged} items in {summary.batches} batches queued, "
+            f"{summary.rows_rejected} rows rejected (model {summary.model['name']} {summary.model['version']})"
+        )
         for w in summary.warnings:
             err.print(f"[yellow]warning:[/] {w}")
     if wait:
@@ -121,22 +145,26 @@ def _submit_tabular(workload: str, file: Path, batch_size: int | None, id_column
 
 
 BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Items per batch message [default: 500].")]
-IdColumn = Annotated[str | None, typer.Option(help="Column holding the patient identifier (default: patient_id, mrn...).")]
+IdColumn = Annotated[
+    str | None, typer.Option(help="Column holding the patient identifier (default: patient_id, mrn...).")
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")]
 Wait = Annotated[bool, typer.Option("--wait", help="Wait until the job has finished.")]
 CsvFile = Annotated[Path, typer.Argument(help="Patient CSV file.")]
 
 
 @submit_app.command("risk")
-def submit_risk(file: CsvFile, batch_size: BatchSize = None, id_column: IdColumn = None, as_json: AsJson = False,
-                wait: Wait = False) -> None:
+def submit_risk(
+    file: CsvFile, batch_size: BatchSize = None, id_column: IdColumn = None, as_json: AsJson = False, wait: Wait = False
+) -> None:
     """Health-risk prediction over a CSV with age, bmi, exercise_frequency, smoking_history."""
     _submit_tabular("risk", file, batch_size, id_column, as_json, wait)
 
 
 @submit_app.command("treatment")
-def submit_treatment(file: CsvFile, batch_size: BatchSize = None, id_column: IdColumn = None,
-                     as_json: AsJson = False, wait: Wait = False) -> None:
+def submit_treatment(
+    file: CsvFile, batch_size: BatchSize = None, id_column: IdColumn = None, as_json: AsJson = False, wait: Wait = False
+) -> None:
     """Treatment plan over a CSV with age, blood_pressure, cholesterol, smoking_history, diabetes."""
     _submit_tabular("treatment", file, batch_size, id_column, as_json, wait)
 
@@ -164,14 +192,24 @@ def _wait(url: str, job_id: int, *, quiet: bool = False, poll_s: float = 0.5, ti
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn(f"job {job_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[s]}"),
-                      TimeElapsedColumn(), console=err) as bar:
+        with Progress(
+            TextColumn(f"job {job_id}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[s]}"),
+            TimeElapsedColumn(),
+            console=err,
+        ) as bar:
             task = bar.add_task("", total=counts["items_total"] or 1, s=counts["status"])
             while counts["status"] not in FINISHED_JOB and (deadline is None or time.monotonic() < deadline):
                 time.sleep(poll_s)
                 counts = _counts(url, job_id)
-                bar.update(task, total=counts["items_total"] or 1,
-                           completed=counts["items_done"] + counts["items_failed"], s=counts["status"])
+                bar.update(
+                    task,
+                    total=counts["items_total"] or 1,
+                    completed=counts["items_done"] + counts["items_failed"],
+                    s=counts["status"],
+                )
     else:
         while counts["status"] not in FINISHED_JOB and (deadline is None or time.monotonic() < deadline):
             time.sleep(poll_s)
@@ -184,8 +222,11 @@ def _print_status(c: dict) -> None:
     table.add_row("source", c["source"])
     table.add_row("model", f"{c['model']['name']} {c['model']['version']}")
     table.add_row("progress", f"{c['progress']:.1%}")
-    table.add_row("items", f"{c['items_total']} total · {c['items_done']} done · {c['items_failed']} failed · "
-                           f"{c['items_pending']} pending")
+    table.add_row(
+        "items",
+        f"{c['items_total']} total · {c['items_done']} done · {c['items_failed']} failed · "
+        f"{c['items_pending']} pending",
+    )
     table.add_row("rows rejected", str(c["rows_rejected"]))
     table.add_row("batches", ", ".join(f"{k} {v}" for k, v in sorted(c["batches"].items())) or "none")
     if c["errors_by_stage"]:
@@ -216,8 +257,16 @@ def status(
             return
         table = Table("job", "workload", "status", "items", "done", "failed", "rejected", "created")
         for c in jobs:
-            table.add_row(str(c["job_id"]), c["workload"], c["status"], str(c["items_total"]), str(c["items_done"]),
-                          str(c["items_failed"]), str(c["rows_rejected"]), c["created_at"] or "")
+            table.add_row(
+                str(c["job_id"]),
+                c["workload"],
+                c["status"],
+                str(c["items_total"]),
+                str(c["items_done"]),
+                str(c["items_failed"]),
+                str(c["rows_rejected"]),
+                c["created_at"] or "",
+            )
         out.print(table)
         return
     counts = _wait(url, job_id, quiet=as_json) if watch else _counts(url, job_id)
@@ -231,7 +280,9 @@ def status(
 def results(
     job_id: Annotated[int, typer.Argument(help="Job id.")],
     fmt: Annotated[str, typer.Option("--format", help="csv, json (JSON Lines) or parquet.")] = "csv",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write; default standard output.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write; default standard output.")
+    ] = None,
     errors: Annotated[bool, typer.Option("--errors", help="Export the recorded errors instead of results.")] = False,
 ) -> None:
     """Export a job's results (or errors), each row naming its source file, row and patient id."""
@@ -273,10 +324,14 @@ def resume(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
 
 @train_app.command("risk")
 def train_risk(
-    csv_file: Annotated[Path | None, typer.Argument(help="CSV with the risk input columns and a target column.")] = None,
+    csv_file: Annotated[
+        Path | None, typer.Argument(help="CSV with the risk input columns and a target column.")
+    ] = None,
     target: Annotated[str, typer.Option(help="Outcome column (0/1).")] = "outcome",
     dataset: Annotated[str | None, typer.Option(help="Train on a built-in dataset instead: nhefs.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train the LogisticRegression risk model, evaluate it on a held-out split and register it."""
@@ -285,10 +340,14 @@ def train_risk(
 
 @train_app.command("treatment")
 def train_treatment(
-    csv_file: Annotated[Path | None, typer.Argument(help="CSV with the treatment input columns and a plan column.")] = None,
+    csv_file: Annotated[
+        Path | None, typer.Argument(help="CSV with the treatment input columns and a plan column.")
+    ] = None,
     target: Annotated[str, typer.Option(help="Plan label column (any number of classes).")] = "outcome",
     dataset: Annotated[str | None, typer.Option(help="Train on a built-in dataset instead: framingham.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train the RandomForest treatment-plan model, evaluate it on a held-out split and register it."""
@@ -317,8 +376,9 @@ def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, o
         path = tabular.save_model(trained, Path(directory), training_source=source)
         version = registry.file_version(path)
         with session_scope(url) as s:
-            repo.register_model(s, name=name, version=version, uri=str(path.resolve()), metrics=trained.metrics,
-                                training_source=source)
+            repo.register_model(
+                s, name=name, version=version, uri=str(path.resolve()), metrics=trained.metrics, training_source=source
+            )
     except MedbatchError as exc:
         raise _handle(exc) from None
     m = trained.metrics
@@ -335,8 +395,14 @@ def models(as_json: AsJson = False) -> None:
 
     with session_scope(_db()) as s:
         rows = [
-            {"name": m.name, "version": m.version, "active": m.active, "uri": m.uri,
-             "training_source": m.training_source, "created_at": m.created_at.isoformat()}
+            {
+                "name": m.name,
+                "version": m.version,
+                "active": m.active,
+                "uri": m.uri,
+                "training_source": m.training_source,
+                "created_at": m.created_at.isoformat(),
+            }
             for m in repo.list_models(s)
         ]
     if as_json:
@@ -378,8 +444,18 @@ def worker(
 
     settings = get_settings()
     _db()
-    argv = ["worker", "-Q", queues, "-P", pool, "--loglevel", loglevel or settings.log_level, "-E",
-            "-n", hostname or f"{queues.replace(',', '+')}@%h"]
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "-P",
+        pool,
+        "--loglevel",
+        loglevel or settings.log_level,
+        "-E",
+        "-n",
+        hostname or f"{queues.replace(',', '+')}@%h",
+    ]
     if concurrency:
         argv += ["-c", str(concurrency)]
     if max_tasks_per_child:
@@ -394,18 +470,30 @@ def flower(
 ) -> None:
     """Start Flower, the Celery monitor, on this app (basic auth from MEDBATCH_FLOWER_BASIC_AUTH)."""
     settings = get_settings()
-    argv = [sys.executable, "-m", "celery", "-A", "medbatch.worker.app", "flower",
-            f"--port={port or settings.flower_port}", f"--address={address}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "medbatch.worker.app",
+        "flower",
+        f"--port={port or settings.flower_port}",
+        f"--address={address}",
+    ]
+    env = dict(os.environ)
     if settings.flower_basic_auth:
-        argv.append(f"--basic-auth={settings.flower_basic_auth}")
+        # Through the environment, not argv, so the password does not show in the process list.
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
     elif settings.environment == "production":
         raise _fail("set MEDBATCH_FLOWER_BASIC_AUTH=user:password before exposing Flower", EXIT_INVALID_INPUT)
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, env)
 
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where the demo writes its inputs and results.")] = Path("medbatch-demo"),
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its inputs and results.")] = Path(
+        "medbatch-demo"
+    ),
     patients: Annotated[int, typer.Option(help="Synthetic patients per workload.")] = 2000,
 ) -> None:
     """The main job on embedded defaults: local Redis if none, SQLite, workers, sample jobs, summary."""
@@ -425,4 +513,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -41,8 +41,9 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
 
         console.print("starting a worker for the tabular queue ...")
         env = {"MEDBATCH_BROKER_URL": settings.broker_url, "MEDBATCH_DATABASE_URL": settings.database_url}
-        worker = start_worker("tabular", env=env, concurrency=min(2, os.cpu_count() or 1),
-                              log_path=workdir / "worker-tabular.log")
+        worker = start_worker(
+            "tabular", env=env, concurrency=min(2, os.cpu_count() or 1), log_path=workdir / "worker-tabular.log"
+        )
         started.append(worker)
         app = create_app(settings)
         wait_until_ready(app, worker, timeout_s=120)
@@ -52,29 +53,49 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
         for workload in ("risk", "treatment"):
             path = write_patients(workdir / f"{workload}_patients.csv", workload, patients, seed=7, bad_fraction=0.01)
             console.print(f"submitting {path} ({patients} SYNTHETIC patients, about 1% with deliberate mistakes)")
-            summary = submit_records(path, workload, database_url=settings.database_url, send=send,
-                                     batch_size=settings.batch_size)
+            summary = submit_records(
+                path, workload, database_url=settings.database_url, send=send, batch_size=settings.batch_size
+            )
             jobs.append(summary)
 
         from medbatch.cli import _wait
 
         finals = [_wait(settings.database_url, s.job_id, timeout_s=600) for s in jobs]
-        table = Table("job", "workload", "status", "items", "done", "failed", "rejected rows", "results file",
-                      title="medbatch demo")
+        table = Table(
+            "job",
+            "workload",
+            "status",
+            "done/staged",
+            "failed",
+            "rejected rows",
+            title="medbatch demo (synthetic patients)",
+        )
+        files = []
         code = 0
         for s, c in zip(jobs, finals, strict=True):
             result_file = workdir / f"results-{s.workload}-job{s.job_id}.csv"
+            error_file = workdir / f"errors-{s.workload}-job{s.job_id}.csv"
             with session_scope(settings.database_url) as sess:
                 write_rows(repo.iter_results(sess, s.job_id), "csv", result_file)
-                write_rows(repo.iter_errors(sess, s.job_id), "csv", workdir / f"errors-{s.workload}-job{s.job_id}.csv")
-            table.add_row(str(s.job_id), s.workload, c["status"], str(c["items_total"]), str(c["items_done"]),
-                          str(c["items_failed"]), str(c["rows_rejected"]), str(result_file))
+                write_rows(repo.iter_errors(sess, s.job_id), "csv", error_file)
+                labels = repo.label_counts(sess, s.job_id)
+            table.add_row(
+                str(s.job_id),
+                s.workload,
+                c["status"],
+                f"{c['items_done']}/{c['items_total']}",
+                str(c["items_failed"]),
+                str(c["rows_rejected"]),
+            )
+            files.append(f"  job {s.job_id} {s.workload}: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
+            files.append(f"    results {result_file}\n    errors  {error_file}")
             if c["status"] not in FINISHED_JOB:
                 code = 1
         console.print(table)
+        console.print("\n".join(["labels and files:", *files]))
         console.print(
             "query them yourself: [bold]medbatch status[/], [bold]medbatch results JOB[/], or SQL, e.g.\n"
-            "  sqlite3 medbatch.db \"select label, count(*) from results group by label\""
+            '  sqlite3 medbatch.db "select label, count(*) from results group by label"'
         )
         return code
     except MedbatchError as exc:

@@ -16,8 +16,10 @@ _FORMULA_START = ("=", "+", "@", "\t", "\r")
 
 def neutralise(value: Any) -> Any:
     """Defuse spreadsheet formula injection: a text cell that Excel would run gets a leading quote."""
-    if isinstance(value, str) and value and (
-        value.startswith(_FORMULA_START) or (value[0] == "-" and not _numeric(value))
+    if (
+        isinstance(value, str)
+        and value
+        and (value.startswith(_FORMULA_START) or (value[0] == "-" and not _numeric(value)))
     ):
         return "'" + value
     return value

@@ -115,9 +115,7 @@ def get_job(session: Session, job_id: int) -> Job:
     return job
 
 
-def stage_batch(
-    session: Session, *, job_id: int, seq: int, queue: str, items: Sequence[dict[str, Any]]
-) -> int:
+def stage_batch(session: Session, *, job_id: int, seq: int, queue: str, items: Sequence[dict[str, Any]]) -> int:
     """Stage one batch of validated items (dicts with item_key, source_uri, source_row, patient_ref, payload).
 
     Returns:
@@ -192,9 +190,9 @@ def finish_staging(session: Session, job_id: int, *, error: str | None = None) -
         session.execute(update(Job).where(Job.id == job_id).values(**values))
         return
     session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.STAGING.value).values(
-            status=JobStatus.QUEUED.value, **values
-        )
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.STAGING.value)
+        .values(status=JobStatus.QUEUED.value, **values)
     )
     finish_job_if_done(session, job_id)
 
@@ -291,7 +289,8 @@ def complete_batch(
     insert_ignore_conflicts(session, ItemError.__table__, error_rows, ["job_id", "error_key"])
     if results:
         session.execute(
-            update(Item).where(Item.batch_id == batch_id, Item.id.in_([r["item_id"] for r in results]))
+            update(Item)
+            .where(Item.batch_id == batch_id, Item.id.in_([r["item_id"] for r in results]))
             .values(status=ItemStatus.DONE.value)
         )
     if failures:
@@ -402,12 +401,27 @@ def job_counts(session: Session, job_id: int) -> dict[str, Any]:
     }
 
 
+def label_counts(session: Session, job_id: int) -> dict[str, int]:
+    """How many results of the job carry each label."""
+    return dict(
+        session.execute(select(Result.label, func.count()).where(Result.job_id == job_id).group_by(Result.label)).all()
+    )
+
+
 def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Iterator[dict[str, Any]]:
     """Every result of a job with its source file, row and patient identifier, in input order."""
     stmt = (
         select(
-            Item.source_uri, Item.source_row, Item.patient_ref, Item.item_key,
-            Result.label, Result.score, Result.model_name, Result.model_version, Result.detail, Result.created_at,
+            Item.source_uri,
+            Item.source_row,
+            Item.patient_ref,
+            Item.item_key,
+            Result.label,
+            Result.score,
+            Result.model_name,
+            Result.model_version,
+            Result.detail,
+            Result.created_at,
         )
         .join(Result, Result.item_id == Item.id)
         .where(Item.job_id == job_id)
@@ -452,7 +466,8 @@ def unfinished_batches(session: Session, job_id: int) -> list[tuple[int, str]]:
     return [
         (row.id, row.queue)
         for row in session.execute(
-            select(Batch.id, Batch.queue).where(Batch.job_id == job_id, Batch.status.not_in(FINISHED_BATCH))
+            select(Batch.id, Batch.queue)
+            .where(Batch.job_id == job_id, Batch.status.not_in(FINISHED_BATCH))
             .order_by(Batch.seq)
         )
     ]
@@ -467,7 +482,13 @@ def list_jobs(session: Session, limit: int = 20) -> list[Job]:
 
 
 def register_model(
-    session: Session, *, name: str, version: str, uri: str, metrics: dict[str, Any], training_source: str,
+    session: Session,
+    *,
+    name: str,
+    version: str,
+    uri: str,
+    metrics: dict[str, Any],
+    training_source: str,
     activate: bool = True,
 ) -> Model:
     """Add (or find) a model version; when ``activate``, it becomes the one new jobs use."""

@@ -37,7 +37,7 @@ _lock = threading.Lock()
 def resolve_uri(uri: str) -> Path:
     """The local path of an artifact URI."""
     if uri.startswith(BUILTIN_PREFIX):
-        return BUILTIN_DIR / uri[len(BUILTIN_PREFIX):]
+        return BUILTIN_DIR / uri[len(BUILTIN_PREFIX) :]
     return Path(uri).expanduser()
 
 

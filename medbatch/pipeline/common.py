@@ -49,15 +49,26 @@ def run_batch(batch_id: int, *, database_url: str, max_attempts: int, predict: P
     except PermanentError as exc:
         results = []
         failures = [
-            {"item_id": it.id, "source_uri": it.source_uri, "source_row": it.source_row,
-             "patient_ref": it.patient_ref, "reason": str(exc)}
+            {
+                "item_id": it.id,
+                "source_uri": it.source_uri,
+                "source_row": it.source_row,
+                "patient_ref": it.patient_ref,
+                "reason": str(exc),
+            }
             for it in items
         ]
     with session_scope(database_url) as s:
         repo.complete_batch(s, batch_id=batch_id, job_id=claim.job_id, results=results, failures=failures)
     log.info(
         "job %s batch %s attempt %s: %d results, %d failures in %.2fs (model %s %s)",
-        claim.job_id, batch_id, claim.attempt, len(results), len(failures), time.perf_counter() - started,
-        claim.model_name, claim.model_version,
+        claim.job_id,
+        batch_id,
+        claim.attempt,
+        len(results),
+        len(failures),
+        time.perf_counter() - started,
+        claim.model_name,
+        claim.model_version,
     )
     return {"batch_id": batch_id, "status": "done", "results": len(results), "failures": len(failures)}

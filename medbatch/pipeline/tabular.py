@@ -67,4 +67,3 @@ def score_batch(batch_id: int, *, database_url: str, max_attempts: int) -> dict[
         A small summary: batch id, status, counts of results and failures.
     """
     return run_batch(batch_id, database_url=database_url, max_attempts=max_attempts, predict=predict_items)
-

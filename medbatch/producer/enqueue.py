@@ -69,7 +69,11 @@ def ensure_model(database_url: str, name: str) -> tuple[str, str]:
             raise InvalidInput(f"the shipped {name} model is missing ({path}); train one with `medbatch train {name}`")
         metrics = _card_metrics(path)
         model = repo.register_model(
-            s, name=name, version=registry.file_version(path), uri=uri, metrics=metrics,
+            s,
+            name=name,
+            version=registry.file_version(path),
+            uri=uri,
+            metrics=metrics,
             training_source=metrics.pop("_training_source", "shipped with medbatch"),
         )
         return model.name, model.version
@@ -135,12 +139,17 @@ def submit_records(
     model_name, model_version = ensure_model(database_url, workload)
     with session_scope(database_url) as s:
         job_id = repo.create_job(
-            s, workload=workload, source_uri=str(path.resolve()), model_name=model_name,
-            model_version=model_version, options={"batch_size": batch_size, "id_column": id_column},
+            s,
+            workload=workload,
+            source_uri=str(path.resolve()),
+            model_name=model_name,
+            model_version=model_version,
+            options={"batch_size": batch_size, "id_column": id_column},
             submitted_by=submitted_by or _whoami(),
         )
-    summary = SubmitSummary(job_id=job_id, workload=workload, source=str(path),
-                            model={"name": model_name, "version": model_version})
+    summary = SubmitSummary(
+        job_id=job_id, workload=workload, source=str(path), model={"name": model_name, "version": model_version}
+    )
     log.info("job %s: staging %s input (model %s %s)", job_id, workload, model_name, model_version)
     pending: list[dict] = []
     seq = 0
@@ -151,8 +160,9 @@ def submit_records(
         with session_scope(database_url) as s:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
-                new_batches.append((repo.stage_batch(s, job_id=job_id, seq=seq, queue=route.queue, items=chunk),
-                                    route.queue))
+                new_batches.append(
+                    (repo.stage_batch(s, job_id=job_id, seq=seq, queue=route.queue, items=chunk), route.queue)
+                )
                 seq += 1
             repo.record_rejections(s, job_id=job_id, errors=list(rejected))
         summary.batches += len(new_batches)
@@ -177,8 +187,13 @@ def submit_records(
         repo.finish_staging(s, job_id)
     if summary.items_staged == 0:
         summary.warnings.append("no valid rows: nothing was queued")
-    log.info("job %s: %d items in %d batches, %d rows rejected", job_id, summary.items_staged, summary.batches,
-             summary.rows_rejected)
+    log.info(
+        "job %s: %d items in %d batches, %d rows rejected",
+        job_id,
+        summary.items_staged,
+        summary.batches,
+        summary.rows_rejected,
+    )
     return summary
 
 

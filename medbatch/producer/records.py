@@ -50,7 +50,7 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
     ),
     "treatment": (
         AGE,
-        Column("blood_pressure", "systolic mmHg (\"120/80\" is read as 120)", 50, 300),
+        Column("blood_pressure", 'systolic mmHg ("120/80" is read as 120)', 50, 300),
         Column("cholesterol", "total cholesterol, mg/dL", 50, 800, hint_below=(25, "it looks like mmol/L: x38.67")),
         SMOKING,
         Column("diabetes", "0/1, yes/no or true/false", 0, 1, kind="flag"),
@@ -126,8 +126,7 @@ def validate_frame(frame: pd.DataFrame, workload: str) -> tuple[pd.DataFrame, li
             reasons[i].append(f"{col.name} {shown!r} is not {expect}")
         for i in np.flatnonzero(out_of_range):
             msg = (
-                f"{col.name} {_fmt(arr[i])} is outside the plausible range "
-                f"{_fmt(col.low)}-{_fmt(col.high)} {col.unit}"
+                f"{col.name} {_fmt(arr[i])} is outside the plausible range {_fmt(col.low)}-{_fmt(col.high)} {col.unit}"
             )
             if col.hint_below and arr[i] < col.hint_below[0]:
                 msg += f" ({col.hint_below[1]})"
@@ -161,7 +160,9 @@ def read_header(path: Path, workload: str, id_column: str | None = None) -> tupl
         except csv.Error as exc:
             raise InvalidInput(f"{path}: unreadable CSV header ({exc})") from None
     if not header or all(not h.strip() for h in header):
-        raise InvalidInput(f"{path}: the file is empty; expected a header row with {', '.join(required_columns(workload))}")
+        raise InvalidInput(
+            f"{path}: the file is empty; expected a header row with {', '.join(required_columns(workload))}"
+        )
     names = [normalise_header(h) for h in header]
     missing = [c for c in required_columns(workload) if c not in names]
     if missing:
@@ -209,9 +210,13 @@ def iter_record_chunks(
                 if len(row) != width:
                     pid = row[index[id_col]].strip()[:MAX_ID_LEN] if id_col and index[id_col] < len(row) else None
                     pre_rejected.append(
-                        {"source_uri": source, "source_row": line, "patient_ref": pid or None,
-                         "reason": f"row has {len(row)} fields but the header has {width} "
-                                   "(an unquoted comma, or a missing value?)"}
+                        {
+                            "source_uri": source,
+                            "source_row": line,
+                            "patient_ref": pid or None,
+                            "reason": f"row has {len(row)} fields but the header has {width} "
+                            "(an unquoted comma, or a missing value?)",
+                        }
                     )
                     continue
                 rows.append(row)
@@ -221,13 +226,21 @@ def iter_record_chunks(
                     rows, lines, pre_rejected = [], [], []
         except UnicodeDecodeError:
             pre_rejected.append(
-                {"source_uri": source, "source_row": start_line, "patient_ref": None,
-                 "reason": "the file is not UTF-8 text from here on; the rest of the file was not read"}
+                {
+                    "source_uri": source,
+                    "source_row": start_line,
+                    "patient_ref": None,
+                    "reason": "the file is not UTF-8 text from here on; the rest of the file was not read",
+                }
             )
         except csv.Error as exc:
             pre_rejected.append(
-                {"source_uri": source, "source_row": start_line, "patient_ref": None,
-                 "reason": f"unreadable CSV from here on ({exc}); the rest of the file was not read"}
+                {
+                    "source_uri": source,
+                    "source_row": start_line,
+                    "patient_ref": None,
+                    "reason": f"unreadable CSV from here on ({exc}); the rest of the file was not read",
+                }
             )
         if rows or pre_rejected:
             yield _validate_chunk(rows, lines, names, required, id_col, source, workload, pre_rejected, fh)
@@ -253,8 +266,13 @@ def _validate_chunk(rows, lines, names, required, id_col, source, workload, pre_
             )
         else:
             chunk.items.append(
-                {"item_key": f"row:{line}", "source_uri": source, "source_row": line, "patient_ref": pid,
-                 "payload": records[i]}
+                {
+                    "item_key": f"row:{line}",
+                    "source_uri": source,
+                    "source_row": line,
+                    "patient_ref": pid,
+                    "payload": records[i],
+                }
             )
     chunk.rejected.sort(key=lambda r: r["source_row"] or 0)
     return chunk

@@ -16,8 +16,9 @@ from medbatch.producer.records import SCHEMAS
 _BAD_VALUES = ["", "abc", "-5", "999", "n/a"]
 
 
-def write_patients(path: Path, workload: str, n: int, *, seed: int = 0, bad_fraction: float = 0.0,
-                   chunk: int = 200_000) -> Path:
+def write_patients(
+    path: Path, workload: str, n: int, *, seed: int = 0, bad_fraction: float = 0.0, chunk: int = 200_000
+) -> Path:
     """Write ``n`` synthetic patients for ``workload`` (with a ``patient_id`` column) to ``path``.
 
     Generated in chunks, so a million rows need little memory.

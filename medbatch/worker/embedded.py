@@ -74,8 +74,21 @@ def start_local_redis(url: str, timeout_s: float = 15.0) -> LocalRedis:
     if not _port_free("127.0.0.1", port):
         raise BrokerUnavailable(f"port {port} is taken but does not answer as Redis")
     workdir = tempfile.mkdtemp(prefix="medbatch-redis-")
-    args = [_redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-            "--dir", workdir, "--protected-mode", "yes"]
+    args = [
+        _redis_server_binary(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+        "--protected-mode",
+        "yes",
+    ]
     if parts.password:
         args += ["--requirepass", parts.password]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -49,11 +49,25 @@ def start_worker(
 ) -> WorkerProcess:
     """Start ``medbatch worker`` as its own process group; its environment carries the settings."""
     name = f"{queues.replace(',', '+')}-{uuid.uuid4().hex[:6]}@%h"
-    args = [sys.executable, "-m", "medbatch.cli", "worker", "-Q", queues, "-c", str(concurrency), "-P", pool,
-            "-n", name, *(extra_args or [])]
+    args = [
+        sys.executable,
+        "-m",
+        "medbatch.cli",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-n",
+        name,
+        *(extra_args or []),
+    ]
     out = log_path.open("ab") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
     return WorkerProcess(name=name.replace("%h", _hostname()), process=proc, log_path=log_path)
 
 

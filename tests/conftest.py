@@ -1,0 +1,196 @@
+"""Shared fixtures: real services, each test isolated.
+
+Services (Redis, PostgreSQL) are found at MEDBATCH_TEST_REDIS_URL / MEDBATCH_TEST_POSTGRES_URL. When one
+is missing a test that needs it is skipped locally but FAILS under CI (``CI=true``), so a green CI run
+always means the real thing was exercised.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_BASE = os.environ.get("MEDBATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+POSTGRES_ADMIN_URL = os.environ.get("MEDBATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_redis_dbs = itertools.cycle(range(1, 16))
+
+
+def need(service: str, reason: str) -> None:
+    """Skip locally, fail in CI."""
+    if IN_CI:
+        pytest.fail(f"{service} is required in CI: {reason}")
+    pytest.skip(f"{service} not available: {reason}")
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    try:
+        redis.Redis.from_url(REDIS_BASE, socket_connect_timeout=2).ping()
+    except (redis.RedisError, OSError) as exc:
+        need("Redis", str(exc))
+    return REDIS_BASE
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A Redis database number of this test's own, flushed before and after."""
+    url = f"{redis_server.rstrip('/')}/{next(_redis_dbs)}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+# --------------------------------------------------------------------------- databases
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"medbatch_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        need("PostgreSQL", str(exc).splitlines()[0])
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    from medbatch.db.session import dispose_engines
+
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _fresh_schema(url: str) -> str:
+    from medbatch.db.migrate import upgrade
+    from medbatch.db.session import get_engine
+    from medbatch.db.tables import Base
+
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        Base.metadata.drop_all(conn)
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return _fresh_schema(f"sqlite:///{tmp_path / 'medbatch.db'}")
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    return _fresh_schema(postgres_server)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_url" if request.param == "sqlite" else "postgres_url")
+
+
+# --------------------------------------------------------------------------- Celery
+
+
+@pytest.fixture
+def service_env(redis_url: str, db_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment a worker subprocess gets: this test's broker and database."""
+    return {
+        "MEDBATCH_BROKER_URL": redis_url,
+        "MEDBATCH_DATABASE_URL": db_url,
+        "MEDBATCH_MODEL_DIR": str(tmp_path / "models"),
+        "MEDBATCH_RESULTS_DIR": str(tmp_path / "results"),
+        "MEDBATCH_LOG_LEVEL": "INFO",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+@pytest.fixture
+def celery_app(redis_url: str, db_url: str):
+    from medbatch.config import Settings
+    from medbatch.worker.app import create_app
+
+    app = create_app(Settings(broker_url=redis_url, database_url=db_url))
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def sender(celery_app):
+    from medbatch.producer.enqueue import celery_sender
+
+    return celery_sender(celery_app)
+
+
+@pytest.fixture
+def start_worker(service_env, celery_app, tmp_path: Path):
+    """Factory: start a real worker process; every worker started is stopped at teardown."""
+    from medbatch.worker.processes import start_worker as _start
+    from medbatch.worker.processes import wait_until_ready
+
+    started = []
+
+    def factory(
+        queues: str = "tabular",
+        *,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        env: dict | None = None,
+        extra_args: list[str] | None = None,
+    ):
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = _start(
+            queues,
+            env={**service_env, **(env or {})},
+            concurrency=concurrency,
+            pool=pool,
+            log_path=log,
+            extra_args=extra_args,
+        )
+        started.append(worker)
+        wait_until_ready(celery_app, worker, timeout_s=90)
+        return worker
+
+    yield factory
+    for worker in started:
+        worker.stop(timeout_s=15)
+        if worker.log_path and worker.log_path.exists():
+            sys.stderr.write(f"--- {worker.name} log tail ---\n{worker.log_path.read_text()[-1500:]}\n")
+
+
+def wait_for_job(db_url: str, job_id: int, timeout_s: float = 120.0) -> dict:
+    """Poll the database until the job is finished; fail the test if it is not in time."""
+    import time
+
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.db.tables import FINISHED_JOB
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with session_scope(db_url) as s:
+            counts = repo.job_counts(s, job_id)
+        if counts["status"] in FINISHED_JOB:
+            return counts
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job_id} did not finish in {timeout_s}s: {counts}")
+        time.sleep(0.3)

@@ -1,0 +1,47 @@
+"""The README's first command: `medbatch demo` on embedded defaults, starting (and stopping) its own Redis."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from medbatch.worker.embedded import redis_reachable
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
+    # Given no Redis at the configured broker URL and an empty working directory
+    broker = f"redis://127.0.0.1:{_free_port()}/0"
+    env = {**os.environ, "MEDBATCH_BROKER_URL": broker}
+    env.pop("MEDBATCH_DATABASE_URL", None)
+    # When the demo runs
+    run = subprocess.run(
+        [sys.executable, "-m", "medbatch.cli", "demo", "--patients", "300"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # Then it succeeds, writes results for both workloads into SQLite, and leaves nothing running
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "started a local one" in run.stderr
+    assert (tmp_path / "medbatch.db").is_file()
+    results = sorted((tmp_path / "medbatch-demo").glob("results-*.csv"))
+    assert [p.name.split("-")[1] for p in results] == ["risk", "treatment"]
+    for path in results:
+        rows = list(csv.DictReader(path.open()))
+        assert 250 <= len(rows) <= 300 and all(r["patient_id"].startswith("SYN-") for r in rows)
+    assert not redis_reachable(broker, 0.5)

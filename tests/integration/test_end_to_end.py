@@ -1,0 +1,184 @@
+"""A patient-record job through the real queue, a real worker process and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from sqlalchemy import func, select, update
+
+from medbatch.db import repository as repo
+from medbatch.db.session import session_scope
+from medbatch.db.tables import Batch, BatchStatus, Item, ItemError, ItemStatus, Result
+from medbatch.export import write_rows
+from medbatch.pipeline.tabular import score_batch
+from medbatch.producer.enqueue import submit_records
+from medbatch.producer.synthetic import write_patients
+from tests.conftest import wait_for_job
+
+pytestmark = pytest.mark.integration
+
+MESSY = (
+    "\ufeffpatient_id,age,bmi,exercise_frequency,smoking_history,notes\r\n"
+    "A1,54,27.5,3,0,ok\r\n"
+    "A2,abc,27.5,3,0,not a number\r\n"
+    "\r\n"
+    'A3,61,"31,5",0,20,"quoted, comma"\r\n'
+    "A4,54,27.5,3,0,extra,field\r\n"
+    "A5,200,27.5,3,0,too old\r\n"
+    "A6,70,22,1,10,ok\r\n"
+)
+
+
+def test_risk_job_end_to_end(db_url, sender, start_worker, tmp_path):
+    # Given a worker and a CSV with good and bad rows
+    start_worker("tabular")
+    path = tmp_path / "messy.csv"
+    path.write_bytes(MESSY.encode())
+    # When it is submitted
+    summary = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=2)
+    counts = wait_for_job(db_url, summary.job_id)
+    # Then good rows have results, each bad row one reasoned error, and the job says so
+    assert summary.items_staged == 3 and summary.rows_rejected == 3
+    assert counts["status"] == "completed_with_errors"
+    assert counts["items_done"] == 3 and counts["items_pending"] == 0
+    with session_scope(db_url) as s:
+        rows = list(repo.iter_results(s, summary.job_id))
+        errors = list(repo.iter_errors(s, summary.job_id))
+    assert [(r["patient_id"], r["source_row"]) for r in rows] == [("A1", 2), ("A3", 5), ("A6", 8)]
+    assert all(0.0 <= r["score"] <= 1.0 and r["label"] in ("high", "low") for r in rows)
+    assert all(r["source_file"] == str(path.resolve()) for r in rows)
+    assert {e["source_row"]: e["patient_id"] for e in errors} == {3: "A2", 6: "A4", 7: "A5"}
+    assert "age 'abc' is not a number" in errors[0]["reason"]
+
+
+def test_treatment_job_on_two_workers(db_url, sender, start_worker, tmp_path):
+    start_worker("tabular", concurrency=2)
+    path = write_patients(tmp_path / "t.csv", "treatment", 1200, seed=3, bad_fraction=0.05)
+    summary = submit_records(path, "treatment", database_url=db_url, send=sender, batch_size=100)
+    counts = wait_for_job(db_url, summary.job_id)
+    assert counts["items_done"] == summary.items_staged > 1000
+    assert counts["items_done"] + counts["rows_rejected"] == 1200
+    with session_scope(db_url) as s:
+        labels = {r["label"] for r in repo.iter_results(s, summary.job_id)}
+    assert labels <= {"antihypertensive_medication", "lifestyle_only"}
+
+
+def test_same_batch_delivered_twice_writes_each_result_once(db_url, sender, celery_app, start_worker, tmp_path):
+    # Given a finished job
+    start_worker("tabular")
+    path = write_patients(tmp_path / "r.csv", "risk", 300, seed=5)
+    summary = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=100)
+    wait_for_job(db_url, summary.job_id)
+    with session_scope(db_url) as s:
+        batch_ids = [b for b, _q in repo.unfinished_batches(s, summary.job_id)] or [
+            b.id for b in s.scalars(select(Batch).where(Batch.job_id == summary.job_id))
+        ]
+    # When every batch message is delivered again through the queue, then a marker job after them
+    for batch_id in batch_ids:
+        sender("medbatch.tabular.score_batch", "tabular", batch_id)
+    marker = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=1000)
+    wait_for_job(db_url, marker.job_id)
+    # Then each item still has exactly one result and the batches were not re-run
+    with session_scope(db_url) as s:
+        n = s.scalar(select(func.count()).select_from(Result).where(Result.job_id == summary.job_id))
+        attempts = set(s.scalars(select(Batch.attempts).where(Batch.job_id == summary.job_id)))
+    assert n == 300
+    assert attempts == {1}
+
+
+def test_rerun_after_partial_state_loss_is_idempotent(db_url, sender, start_worker, tmp_path):
+    """Even if the batch's own state were lost, the unique key keeps results single."""
+    path = write_patients(tmp_path / "r.csv", "risk", 50, seed=9)
+    summary = submit_records(path, "risk", database_url=db_url, send=lambda *a: None, batch_size=50)
+    with session_scope(db_url) as s:
+        batch_id = s.scalar(select(Batch.id).where(Batch.job_id == summary.job_id))
+    first = score_batch(batch_id, database_url=db_url, max_attempts=5)
+    # Simulate a crash that lost the batch bookkeeping but not the results
+    with session_scope(db_url) as s:
+        s.execute(update(Batch).where(Batch.id == batch_id).values(status=BatchStatus.QUEUED.value))
+        s.execute(update(Item).where(Item.batch_id == batch_id).values(status=ItemStatus.PENDING.value))
+    second = score_batch(batch_id, database_url=db_url, max_attempts=5)
+    third = score_batch(batch_id, database_url=db_url, max_attempts=5)
+    with session_scope(db_url) as s:
+        n = s.scalar(select(func.count()).select_from(Result).where(Result.job_id == summary.job_id))
+        done = s.scalar(
+            select(func.count())
+            .select_from(Item)
+            .where(Item.job_id == summary.job_id, Item.status == ItemStatus.DONE.value)
+        )
+    assert first["results"] == second["results"] == 50 and third["status"] == "skipped"
+    assert n == 50 and done == 50
+
+
+def test_tampered_model_fails_items_with_reason_never_a_result(db_url, tmp_path):
+    """A model that cannot be trusted produces recorded errors, not negative findings."""
+    from medbatch.db.tables import Model
+    from medbatch.ml import registry
+
+    registry.clear_cache()
+    path = write_patients(tmp_path / "r.csv", "risk", 20, seed=2)
+    summary = submit_records(path, "risk", database_url=db_url, send=lambda *a: None, batch_size=50)
+    with session_scope(db_url) as s:
+        s.execute(update(Model).where(Model.name == "risk").values(uri=str(tmp_path / "gone.skops")))
+        batch_id = s.scalar(select(Batch.id).where(Batch.job_id == summary.job_id))
+    out = score_batch(batch_id, database_url=db_url, max_attempts=5)
+    with session_scope(db_url) as s:
+        results = s.scalar(select(func.count()).select_from(Result).where(Result.job_id == summary.job_id))
+        reasons = list(s.scalars(select(ItemError.reason).where(ItemError.job_id == summary.job_id)))
+        counts = repo.job_counts(s, summary.job_id)
+    assert out["failures"] == 20 and results == 0
+    assert len(reasons) == 20 and all("not found" in r for r in reasons)
+    assert counts["status"] == "completed_with_errors"
+
+
+def test_broker_down_at_submit_keeps_work_for_resume(db_url, redis_url, sender, start_worker, tmp_path):
+    # Given a broker that refuses the first sends
+    from medbatch.errors import BrokerUnavailable
+    from medbatch.producer.enqueue import resume_job
+
+    def dead_broker(*_a):
+        raise BrokerUnavailable("connection refused")
+
+    path = write_patients(tmp_path / "r.csv", "risk", 250, seed=4)
+    with pytest.raises(BrokerUnavailable):
+        submit_records(path, "risk", database_url=db_url, send=dead_broker, batch_size=100)
+    with session_scope(db_url) as s:
+        job_id = s.scalar(select(func.max(Batch.job_id)))
+        staged = s.scalar(select(func.count()).select_from(Item).where(Item.job_id == job_id))
+    assert staged >= 100  # the first committed batches are kept, not lost
+    # When the broker is back and the job is resumed
+    start_worker("tabular")
+    sent = resume_job(job_id, database_url=db_url, send=sender)
+    # Then every staged batch is processed
+    assert sent >= 1
+    with session_scope(db_url) as s:
+        repo.finish_staging(s, job_id)
+    counts = wait_for_job(db_url, job_id)
+    assert counts["items_done"] == staged
+
+
+def test_export_formats_carry_source_and_patient(db_url, tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(MESSY.encode())
+    summary = submit_records(path, "risk", database_url=db_url, send=lambda *a: None, batch_size=10)
+    with session_scope(db_url) as s:
+        batch_id = s.scalar(select(Batch.id).where(Batch.job_id == summary.job_id))
+    score_batch(batch_id, database_url=db_url, max_attempts=5)
+    buf = io.StringIO()
+    import sys
+
+    with session_scope(db_url) as s:
+        old, sys.stdout = sys.stdout, buf
+        try:
+            write_rows(repo.iter_results(s, summary.job_id), "csv", None)
+        finally:
+            sys.stdout = old
+        n_parquet = write_rows(repo.iter_results(s, summary.job_id), "parquet", tmp_path / "r.parquet")
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert [r["patient_id"] for r in rows] == ["A1", "A3", "A6"] and n_parquet == 3
+    assert {"source_file", "source_row", "score", "label", "prob_high", "prob_low"} <= set(rows[0])
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "r.parquet").num_rows == 3
