@@ -11,10 +11,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, Table, func, insert, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from medbatch.db.rawjson import RawJson
 from medbatch.db.tables import (
     FINISHED_BATCH,
     FINISHED_JOB,
@@ -42,6 +43,26 @@ def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
+def _json_columns(table: Table) -> set[str]:
+    return {c.name for c in table.columns if isinstance(c.type, JSON)}
+
+
+def _copy_rows(
+    session: Session, table_name: str, columns: list[str], rows: Sequence[dict[str, Any]], json_cols: set[str]
+) -> None:
+    raw = session.connection().connection.dbapi_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table_name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(
+                [
+                    json.dumps(row[c])
+                    if c in json_cols and row[c] is not None and not isinstance(row[c], RawJson)
+                    else row[c]
+                    for c in columns
+                ]
+            )
+
+
 def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """Insert many plain rows fast: COPY on PostgreSQL, multi-row INSERT elsewhere.
 
@@ -50,28 +71,43 @@ def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     if not rows:
         return
     if _dialect(session) == "postgresql":
-        columns = list(rows[0].keys())
-        json_cols = {c.name for c in table.columns if c.type.__class__.__name__ == "JSON"}
-        raw = session.connection().connection.dbapi_connection
-        with raw.cursor() as cur:
-            with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(
-                        [json.dumps(row[c]) if c in json_cols and row[c] is not None else row[c] for c in columns]
-                    )
+        _copy_rows(session, table.name, list(rows[0].keys()), rows, _json_columns(table))
         return
-    for start in range(0, len(rows), INSERT_CHUNK):
-        session.execute(insert(table), list(rows[start : start + INSERT_CHUNK]))
+    decoded = [{k: v.value() if isinstance(v, RawJson) else v for k, v in row.items()} for row in rows]
+    for start in range(0, len(decoded), INSERT_CHUNK):
+        session.execute(insert(table), decoded[start : start + INSERT_CHUNK])
 
 
 def insert_ignore_conflicts(session: Session, table: Table, rows: Sequence[dict[str, Any]], key: list[str]) -> None:
-    """INSERT rows, silently skipping those whose unique ``key`` already exists (idempotent writes)."""
+    """INSERT rows, silently skipping those whose unique ``key`` already exists (idempotent writes).
+
+    On PostgreSQL the rows are COPYed into a transaction-scoped temporary table first and moved over
+    with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``: one round trip instead of one per row.
+    """
     if not rows:
         return
     dialect = _dialect(session)
     if dialect == "postgresql":
-        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
-    elif dialect == "sqlite":
+        columns = list(rows[0].keys())
+        staging = f"_stage_{table.name}"
+        cols = ", ".join(columns)
+        # Column types only (no constraints, defaults or sequence links), gone at the end of the transaction.
+        session.execute(
+            text(
+                f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DROP AS "
+                f"SELECT {cols} FROM {table.name} WITH NO DATA"
+            )
+        )
+        _copy_rows(session, staging, columns, rows, _json_columns(table))
+        session.execute(
+            text(
+                f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {staging} "
+                f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+            )
+        )
+        session.execute(text(f"TRUNCATE {staging}"))
+        return
+    if dialect == "sqlite":
         stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=key)
     else:  # pragma: no cover - only PostgreSQL and SQLite are supported
         raise NotImplementedError(f"idempotent insert not implemented for {dialect}")
@@ -139,16 +175,30 @@ def stage_batch(session: Session, *, job_id: int, seq: int, queue: str, items: S
         for it in items
     ]
     bulk_insert(session, Item.__table__, rows)
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(items_total=Job.items_total + len(items), batches_total=Job.batches_total + 1, updated_at=utcnow())
-    )
     return batch_id
 
 
+def add_staged_counts(session: Session, job_id: int, *, items: int, batches: int, rejected: int) -> None:
+    """Add to the job's running totals; called once at the end of each staging transaction, so the job row
+    is locked for the shortest time while workers finish batches of the same job."""
+    if items or batches or rejected:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                items_total=Job.items_total + items,
+                batches_total=Job.batches_total + batches,
+                rows_rejected=Job.rows_rejected + rejected,
+                updated_at=utcnow(),
+            )
+        )
+
+
 def record_rejections(session: Session, *, job_id: int, errors: Sequence[dict[str, Any]]) -> None:
-    """Record input rows that failed validation (dicts with source_uri, source_row, patient_ref, reason)."""
+    """Record input rows that failed validation (dicts with source_uri, source_row, patient_ref, reason).
+
+    The job's ``rows_rejected`` total is the caller's to add (:func:`add_staged_counts`).
+    """
     if not errors:
         return
     rows = [
@@ -166,9 +216,6 @@ def record_rejections(session: Session, *, job_id: int, errors: Sequence[dict[st
         for e in errors
     ]
     insert_ignore_conflicts(session, ItemError.__table__, rows, ["job_id", "error_key"])
-    session.execute(
-        update(Job).where(Job.id == job_id).values(rows_rejected=Job.rows_rejected + len(errors), updated_at=utcnow())
-    )
 
 
 def mark_batches_queued(session: Session, batch_ids: Sequence[int]) -> None:
@@ -245,11 +292,17 @@ def claim_batch(session: Session, batch_id: int, *, max_attempts: int) -> Claime
     )
 
 
-def load_pending_items(session: Session, batch_id: int) -> list[Item]:
-    """The batch's items still waiting for a result, in staging order."""
+def load_pending_items(session: Session, batch_id: int) -> list[Any]:
+    """The batch's items still waiting for a result, in staging order.
+
+    Returns plain rows (attributes id, payload, source_uri, source_row, patient_ref, item_key): loading
+    thousands of ORM objects per batch costs more than the model does.
+    """
     return list(
-        session.scalars(
-            select(Item).where(Item.batch_id == batch_id, Item.status == ItemStatus.PENDING.value).order_by(Item.id)
+        session.execute(
+            select(Item.id, Item.payload, Item.source_uri, Item.source_row, Item.patient_ref, Item.item_key)
+            .where(Item.batch_id == batch_id, Item.status == ItemStatus.PENDING.value)
+            .order_by(Item.id)
         )
     )
 
@@ -287,15 +340,16 @@ def complete_batch(
         for f in failures
     ]
     insert_ignore_conflicts(session, ItemError.__table__, error_rows, ["job_id", "error_key"])
-    if results:
-        session.execute(
-            update(Item)
-            .where(Item.batch_id == batch_id, Item.id.in_([r["item_id"] for r in results]))
-            .values(status=ItemStatus.DONE.value)
-        )
     if failures:
         session.execute(
             update(Item).where(Item.id.in_([f["item_id"] for f in failures])).values(status=ItemStatus.FAILED.value)
+        )
+    if results:
+        # Every item of the batch that did not fail now has a result (written above or by an earlier attempt).
+        session.execute(
+            update(Item)
+            .where(Item.batch_id == batch_id, Item.status == ItemStatus.PENDING.value)
+            .values(status=ItemStatus.DONE.value)
         )
     session.execute(
         update(Batch).where(Batch.id == batch_id).values(status=BatchStatus.DONE.value, finished_at=now, error=None)
@@ -345,7 +399,9 @@ def finish_job_if_done(session: Session, job_id: int) -> bool:
     """
     locked = select(Job).where(Job.id == job_id)
     if _dialect(session) == "postgresql":
-        locked = locked.with_for_update()
+        # FOR NO KEY UPDATE: serialises finishers without conflicting with the KEY SHARE locks that
+        # foreign-key checks of concurrent inserts (staging, results) take on the same job row.
+        locked = locked.with_for_update(key_share=True)
     job = session.scalars(locked).one()
     if job.status in FINISHED_JOB or job.status == JobStatus.STAGING.value:
         return False

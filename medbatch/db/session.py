@@ -62,6 +62,13 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def describe(exc: BaseException) -> str:
+    """A one-line cause for logs: the driver's first line only (its DETAIL lines can quote row values)."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0][:200]
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+
+
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A session in one transaction: committed on success, rolled back on error.
@@ -76,7 +83,7 @@ def session_scope(url: str) -> Iterator[Session]:
     except Exception as exc:
         session.rollback()
         if is_transient(exc):
-            raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            raise DatabaseUnavailable(f"database unavailable: {describe(exc)}") from exc
         raise
     finally:
         session.close()

@@ -110,7 +110,8 @@ class Item(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # No index of its own: uq_items_job_key leads with job_id (one index less to maintain per staged row).
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     item_key: Mapped[str] = mapped_column(String(128))  # natural key within the job, e.g. "row:17"
     source_uri: Mapped[str] = mapped_column(Text)

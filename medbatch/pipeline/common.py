@@ -17,6 +17,18 @@ log = logging.getLogger("medbatch.pipeline")
 Predict = Callable[[Any, list], tuple[list[dict], list[dict]]]
 
 
+def item_failure(item: Any, reason: str, stage: str = "inference") -> dict[str, Any]:
+    """The failure record of one item, as :func:`medbatch.db.repository.complete_batch` takes it."""
+    return {
+        "item_id": item.id,
+        "stage": stage,
+        "source_uri": item.source_uri,
+        "source_row": item.source_row,
+        "patient_ref": item.patient_ref,
+        "reason": reason,
+    }
+
+
 def load_job_model(database_url: str, name: str | None, version: str | None) -> Any:
     """The model a job was submitted with, loaded once per process."""
     from medbatch.errors import ModelMisconfigured
@@ -47,17 +59,7 @@ def run_batch(batch_id: int, *, database_url: str, max_attempts: int, predict: P
         model = load_job_model(database_url, claim.model_name, claim.model_version)
         results, failures = predict(model, items) if items else ([], [])
     except PermanentError as exc:
-        results = []
-        failures = [
-            {
-                "item_id": it.id,
-                "source_uri": it.source_uri,
-                "source_row": it.source_row,
-                "patient_ref": it.patient_ref,
-                "reason": str(exc),
-            }
-            for it in items
-        ]
+        results, failures = [], [item_failure(it, str(exc)) for it in items]
     with session_scope(database_url) as s:
         repo.complete_batch(s, batch_id=batch_id, job_id=claim.job_id, results=results, failures=failures)
     log.info(

@@ -5,9 +5,26 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from medbatch.pipeline.common import run_batch
+from medbatch.pipeline.common import item_failure, run_batch
 
 log = logging.getLogger("medbatch.pipeline.tabular")
+
+
+def _result_rows(model: Any, items: list, preds: Any) -> list[dict]:
+    probs = preds.probabilities.round(6).tolist()
+    scores = preds.scores.tolist()
+    classes = list(preds.classes)
+    return [
+        {
+            "item_id": it.id,
+            "model_name": model.name,
+            "model_version": model.version,
+            "label": label,
+            "score": score,
+            "detail": {"probabilities": dict(zip(classes, p, strict=True)), "threshold": model.threshold},
+        }
+        for it, label, score, p in zip(items, preds.labels, scores, probs, strict=True)
+    ]
 
 
 def predict_items(model: Any, items: list) -> tuple[list[dict], list[dict]]:
@@ -20,42 +37,17 @@ def predict_items(model: Any, items: list) -> tuple[list[dict], list[dict]]:
 
     frame = pd.DataFrame([it.payload for it in items])
     try:
-        preds = model.predict(frame)
-        scored = [(i, preds, i) for i in range(len(items))]
-        failures: list[dict] = []
-    except Exception:  # one bad row must not sink the batch: isolate it
-        log.warning("batch prediction failed; scoring items one by one", exc_info=False)
-        scored, failures = [], []
-        for i, it in enumerate(items):
-            try:
-                scored.append((i, model.predict(frame.iloc[[i]]), 0))
-            except Exception as exc:  # noqa: BLE001 - recorded as the item's error
-                failures.append(_failure(it, f"model could not score this row: {type(exc).__name__}: {exc}"))
-    results = []
-    for i, preds, j in scored:
-        it = items[i]
-        probs = {c: round(float(p), 6) for c, p in zip(preds.classes, preds.probabilities[j], strict=True)}
-        results.append(
-            {
-                "item_id": it.id,
-                "model_name": model.name,
-                "model_version": model.version,
-                "label": preds.labels[j],
-                "score": float(preds.scores[j]),
-                "detail": {"probabilities": probs, "threshold": model.threshold},
-            }
-        )
+        return _result_rows(model, items, model.predict(frame)), []
+    except Exception:  # noqa: BLE001 - one bad row must not sink the batch: isolate it
+        log.warning("batch prediction failed; scoring %d items one by one", len(items))
+    results: list[dict] = []
+    failures: list[dict] = []
+    for i, it in enumerate(items):
+        try:
+            results += _result_rows(model, [it], model.predict(frame.iloc[[i]]))
+        except Exception as exc:  # noqa: BLE001 - recorded as the item's error
+            failures.append(item_failure(it, f"model could not score this row: {type(exc).__name__}: {exc}"))
     return results, failures
-
-
-def _failure(item: Any, reason: str) -> dict:
-    return {
-        "item_id": item.id,
-        "source_uri": item.source_uri,
-        "source_row": item.source_row,
-        "patient_ref": item.patient_ref,
-        "reason": reason,
-    }
 
 
 def score_batch(batch_id: int, *, database_url: str, max_attempts: int) -> dict[str, Any]:

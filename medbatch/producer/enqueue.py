@@ -164,7 +164,9 @@ def submit_records(
                     (repo.stage_batch(s, job_id=job_id, seq=seq, queue=route.queue, items=chunk), route.queue)
                 )
                 seq += 1
-            repo.record_rejections(s, job_id=job_id, errors=list(rejected))
+            rejected = list(rejected)
+            repo.record_rejections(s, job_id=job_id, errors=rejected)
+            repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
         summary.batches += len(new_batches)
         summary.items_staged += len(items)
         summary.batches_sent += send_batches(send, database_url, new_batches, route.task)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medbatch.db.rawjson import RawJson
 from medbatch.errors import InvalidInput
 
 #: Data rows validated together: the unit of streaming.
@@ -257,7 +258,8 @@ def _validate_chunk(rows, lines, names, required, id_col, source, workload, pre_
     frame = pd.DataFrame(rows, columns=names, dtype="string")
     values, reasons = validate_frame(frame[list(required)], workload)
     ids = frame[id_col].fillna("").str.strip().str.slice(0, MAX_ID_LEN).tolist() if id_col else [None] * len(rows)
-    records = values.to_dict("records")
+    # One vectorised JSON encoding for the whole chunk, copied to the database as is.
+    records = [RawJson(line) for line in values.to_json(orient="records", lines=True).splitlines()]
     for i, line in enumerate(lines):
         pid = ids[i] or None
         if reasons[i]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,7 @@ def write(tmp_path: Path, text: str, *, name: str = "in.csv", encoding: str = "u
 def collect(path: Path, workload: str = "risk", **kw):
     items, rejected = [], []
     for chunk in iter_record_chunks(path, workload, **kw):
-        items += chunk.items
+        items += [{**i, "payload": json.loads(i["payload"])} for i in chunk.items]
         rejected += chunk.rejected
     return items, rejected
 

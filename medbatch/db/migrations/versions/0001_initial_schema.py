@@ -94,7 +94,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("items", schema=None) as batch_op:
         batch_op.create_index("ix_items_batch_status", ["batch_id", "status"], unique=False)
-        batch_op.create_index(batch_op.f("ix_items_job_id"), ["job_id"], unique=False)
 
     op.create_table(
         "item_errors",
@@ -149,7 +148,6 @@ def downgrade() -> None:
 
     op.drop_table("item_errors")
     with op.batch_alter_table("items", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_items_job_id"))
         batch_op.drop_index("ix_items_batch_status")
 
     op.drop_table("items")
