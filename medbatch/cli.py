@@ -373,7 +373,9 @@ def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, o
         trainer = tabular.train_risk if name == "risk" else tabular.train_treatment
         trained = trainer(frame, seed=seed)
         directory = out_dir or get_settings().model_dir
-        path = tabular.save_model(trained, Path(directory), training_source=source)
+        path = registry.save_versioned(
+            lambda d: tabular.save_model(trained, d, training_source=source), Path(directory), name
+        )
         version = registry.file_version(path)
         with session_scope(url) as s:
             repo.register_model(
@@ -384,7 +386,18 @@ def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, o
     m = trained.metrics
     err.print(f"saved {path} (version {version}), registered as the active {name} model")
     err.print(f"model card: {path.with_suffix('.card.md')}")
-    out.print_json(json.dumps({k: m.get(k) for k in ("model", "baseline", "n_train", "n_test") if k in m}, default=str))
+    headline = ("auc", "accuracy", "balanced_accuracy", "brier", "sensitivity", "specificity")
+    summary = {
+        "name": name,
+        "version": version,
+        "artifact": str(path),
+        "n_train": m.get("n_train"),
+        "n_test": m.get("n_test"),
+        "held_out": {k: m.get("model", {}).get(k) for k in headline if k in m.get("model", {})},
+        "baseline": {k: m.get("baseline", {}).get(k) for k in ("description", "auc", "accuracy")},
+        "winner_by_heldout_auc": m.get("winner_by_heldout_auc"),
+    }
+    out.print_json(json.dumps(summary, default=str))
 
 
 @app.command()

@@ -357,12 +357,15 @@ def complete_batch(
     finish_job_if_done(session, job_id)
 
 
-def fail_batch_attempt(session: Session, batch_id: int, reason: str) -> None:
-    """Record why the last attempt failed; the batch goes back to ``queued`` for its retry."""
+def release_batch(session: Session, batch_id: int, reason: str) -> None:
+    """Hand a claimed batch back after a transient failure: the attempt is not counted, the reason is kept.
+
+    Only attempts that end without a word (a killed worker) count towards dead-lettering.
+    """
     session.execute(
         update(Batch)
-        .where(Batch.id == batch_id, Batch.status.not_in(FINISHED_BATCH))
-        .values(status=BatchStatus.QUEUED.value, error=reason[:2000])
+        .where(Batch.id == batch_id, Batch.status == BatchStatus.RUNNING.value)
+        .values(status=BatchStatus.QUEUED.value, attempts=Batch.attempts - 1, error=reason[:2000])
     )
 
 

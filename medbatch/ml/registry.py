@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import shutil
+import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,28 @@ def file_version(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def save_versioned(save: Callable[[Path], Path], root: Path, name: str) -> Path:
+    """Save an artifact with ``save(directory)`` and file it under ``root/name/version/``.
+
+    Every version keeps its own folder, so training a new model never changes the bytes that running
+    jobs were submitted with (their hash check would fail otherwise).
+
+    Returns:
+        The artifact's final path.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        path = save(staging)
+        final = root / name / file_version(path)
+        if not final.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(final)
+        return final / path.name
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _loader(name: str):

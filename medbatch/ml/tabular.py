@@ -963,7 +963,7 @@ predictions of the training split), otherwise **low**.
 |---|---|---|
 | age | age | years |
 | bmi | body-mass index | kg/m2 |
-| exercise_frequency | exercise sessions | per week, 0-14 |
+| exercise_frequency | exercise sessions | per week, 0-21 |
 | smoking_history | cigarettes smoked | per day, 0 = non-smoker |
 
 ## Training data and mapping

@@ -9,7 +9,7 @@ from typing import Any
 
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
-from medbatch.errors import PermanentError
+from medbatch.errors import PermanentError, RetryableError
 from medbatch.ml import registry
 
 log = logging.getLogger("medbatch.pipeline")
@@ -40,12 +40,20 @@ def load_job_model(database_url: str, name: str | None, version: str | None) -> 
     return registry.load(name, version, uri)
 
 
+def _release(database_url: str, batch_id: int, reason: str) -> None:
+    try:
+        with session_scope(database_url) as s:
+            repo.release_batch(s, batch_id, reason)
+    except RetryableError:  # the database is still away: the claim stays counted, the retry will tell
+        log.warning("batch %s: could not release the claim (%s)", batch_id, reason)
+
+
 def run_batch(batch_id: int, *, database_url: str, max_attempts: int, predict: Predict) -> dict[str, Any]:
     """Claim ``batch_id``, predict its pending items with the job's model, write every outcome at once.
 
     A :class:`PermanentError` (no model, tampered artifact) fails every item of the batch with the
-    reason: a failed model call is never recorded as a finding. A retryable error propagates, so the
-    task retries; the claim already counted the attempt.
+    reason: a failed model call is never recorded as a finding. A retryable error hands the batch back
+    (the attempt is not counted) and propagates, so the task retries with backoff.
     """
     started = time.perf_counter()
     with session_scope(database_url) as s:
@@ -53,15 +61,19 @@ def run_batch(batch_id: int, *, database_url: str, max_attempts: int, predict: P
     if claim is None:
         log.info("batch %s already finished; nothing written", batch_id)
         return {"batch_id": batch_id, "status": "skipped"}
-    with session_scope(database_url) as s:
-        items = repo.load_pending_items(s, batch_id)
     try:
-        model = load_job_model(database_url, claim.model_name, claim.model_version)
-        results, failures = predict(model, items) if items else ([], [])
-    except PermanentError as exc:
-        results, failures = [], [item_failure(it, str(exc)) for it in items]
-    with session_scope(database_url) as s:
-        repo.complete_batch(s, batch_id=batch_id, job_id=claim.job_id, results=results, failures=failures)
+        with session_scope(database_url) as s:
+            items = repo.load_pending_items(s, batch_id)
+        try:
+            model = load_job_model(database_url, claim.model_name, claim.model_version)
+            results, failures = predict(model, items) if items else ([], [])
+        except PermanentError as exc:
+            results, failures = [], [item_failure(it, str(exc)) for it in items]
+        with session_scope(database_url) as s:
+            repo.complete_batch(s, batch_id=batch_id, job_id=claim.job_id, results=results, failures=failures)
+    except RetryableError as exc:
+        _release(database_url, batch_id, str(exc))
+        raise
     log.info(
         "job %s batch %s attempt %s: %d results, %d failures in %.2fs (model %s %s)",
         claim.job_id,

@@ -57,3 +57,45 @@ def test_bad_files_exit_2_with_a_reason(service_env, tmp_path):
 def test_unknown_job_exits_4(service_env):
     run = medbatch(service_env, "status", "999999")
     assert run.returncode == 4 and "no job 999999" in run.stderr
+
+
+def test_train_on_own_csv_registers_a_model_that_new_jobs_use(service_env, start_worker, tmp_path):
+    # Given a user's cohort with a three-class plan label
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 600
+    bp = rng.normal(135, 20, n).round()
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(30, 85, n),
+            "blood_pressure": bp,
+            "cholesterol": rng.normal(230, 40, n).round(),
+            "smoking_history": rng.integers(0, 30, n),
+            "diabetes": rng.integers(0, 2, n),
+        }
+    )
+    frame["plan"] = np.where(bp > 150, "medication", np.where(bp > 130, "lifestyle", "monitor"))
+    cohort = tmp_path / "cohort.csv"
+    frame.to_csv(cohort, index=False)
+    # When it is trained
+    run = medbatch(service_env, "train", "treatment", str(cohort), "--target", "plan", "--out", str(tmp_path / "m"))
+    assert run.returncode == 0, run.stderr
+    trained = json.loads(run.stdout)
+    assert trained["n_test"] > 0 and 0.5 < trained["held_out"]["auc"] <= 1.0
+    models = json.loads(medbatch(service_env, "models", "--json").stdout)
+    active = [m for m in models if m["name"] == "treatment" and m["active"]]
+    assert [m["version"] for m in active] == [trained["version"]]
+    # Then a new job is scored by that version, with its three classes
+    start_worker("tabular")
+    patients = write_patients(tmp_path / "p.csv", "treatment", 200, seed=2)
+    job = json.loads(medbatch(service_env, "submit", "treatment", str(patients), "--json", "--wait").stdout)
+    assert job["model"]["version"] == trained["version"]
+    rows = [
+        json.loads(r)
+        for r in medbatch(service_env, "results", str(job["job_id"]), "--format", "json").stdout.splitlines()
+    ]
+    assert len(rows) == 200 and {r["model_version"] for r in rows} == {trained["version"]}
+    assert {r["label"] for r in rows} <= {"medication", "lifestyle", "monitor"}
+    assert all(set(r["detail"]["probabilities"]) == {"medication", "lifestyle", "monitor"} for r in rows)

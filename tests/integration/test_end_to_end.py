@@ -182,3 +182,46 @@ def test_export_formats_carry_source_and_patient(db_url, tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "r.parquet").num_rows == 3
+
+
+def test_batch_past_max_attempts_is_dead_lettered_and_job_completes(db_url, tmp_path):
+    """A batch whose worker died every time stops being retried; its items get a reason; the job ends."""
+    path = write_patients(tmp_path / "r.csv", "risk", 30, seed=6)
+    summary = submit_records(path, "risk", database_url=db_url, send=lambda *a: None, batch_size=10)
+    with session_scope(db_url) as s:
+        first, second, third = s.scalars(select(Batch.id).where(Batch.job_id == summary.job_id).order_by(Batch.seq))
+        # three claims that never finished: the worker was killed each time
+        s.execute(update(Batch).where(Batch.id == first).values(attempts=3, status=BatchStatus.RUNNING.value))
+    poisoned = score_batch(first, database_url=db_url, max_attempts=3)
+    for batch_id in (second, third):
+        score_batch(batch_id, database_url=db_url, max_attempts=3)
+    with session_scope(db_url) as s:
+        counts = repo.job_counts(s, summary.job_id)
+        errors = list(repo.iter_errors(s, summary.job_id))
+    assert poisoned["status"] == "skipped"
+    assert counts["status"] == "completed_with_errors"
+    assert counts["items_done"] == 20 and counts["items_failed"] == 10
+    assert counts["batches"] == {"done": 2, "dead": 1}
+    assert len(errors) == 10 and all("dead-lettered" in e["reason"] and e["stage"] == "dead_letter" for e in errors)
+
+
+def test_transient_failure_hands_the_batch_back_without_counting(db_url, tmp_path, monkeypatch):
+    from medbatch.errors import DatabaseUnavailable
+    from medbatch.pipeline import common
+
+    path = write_patients(tmp_path / "r.csv", "risk", 10, seed=6)
+    summary = submit_records(path, "risk", database_url=db_url, send=lambda *a: None, batch_size=10)
+    with session_scope(db_url) as s:
+        batch_id = s.scalar(select(Batch.id).where(Batch.job_id == summary.job_id))
+
+    def flaky(*_a, **_k):
+        raise DatabaseUnavailable("connection reset")
+
+    monkeypatch.setattr(common, "load_job_model", flaky)
+    with pytest.raises(DatabaseUnavailable):
+        score_batch(batch_id, database_url=db_url, max_attempts=3)
+    with session_scope(db_url) as s:
+        batch = s.get(Batch, batch_id)
+        assert (batch.status, batch.attempts, batch.error) == ("queued", 0, "connection reset")
+    monkeypatch.undo()
+    assert score_batch(batch_id, database_url=db_url, max_attempts=3)["results"] == 10
