@@ -128,6 +128,10 @@ def _submit_tabular(
             )
     except MedbatchError as exc:
         raise _handle(exc) from None
+    _after_submit(summary, url, as_json, wait)
+
+
+def _after_submit(summary, url: str, as_json: bool, wait: bool) -> None:
     if as_json and not wait:
         out.print_json(json.dumps(summary.as_dict()))
     elif not as_json:
@@ -167,6 +171,51 @@ def submit_treatment(
 ) -> None:
     """Treatment plan over a CSV with age, blood_pressure, cholesterol, smoking_history, diabetes."""
     _submit_tabular("treatment", file, batch_size, id_column, as_json, wait)
+
+
+@submit_app.command("report")
+def submit_report(
+    file: Annotated[Path | None, typer.Argument(help="Patient-facts CSV (omit with --from-job).")] = None,
+    from_job: Annotated[
+        int | None, typer.Option("--from-job", help="Draft reports for the patients of this job.")
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="online (now, per patient) or batch (OpenAI Batch API, within 24 h).")
+    ] = "online",
+    budget_tokens: Annotated[
+        int | None, typer.Option(help="Stop sending once the job has used this many tokens.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="With --from-job: only the first N patients.")] = None,
+    batch_size: BatchSize = None,
+    id_column: IdColumn = None,
+    as_json: AsJson = False,
+    wait: Wait = False,
+) -> None:
+    """Draft medical reports (condition, recommended treatment, follow-up) for clinician review."""
+    from medbatch.producer.enqueue import submit_reports
+
+    settings = get_settings()
+    url = _db()
+    provider = settings.resolved_llm_provider()
+    try:
+        summary = submit_reports(
+            database_url=url,
+            send=_sender(),
+            provider=provider,
+            llm_model=settings.llm_model,
+            path=file,
+            from_job=from_job,
+            limit=limit,
+            mode=mode,
+            budget_tokens=budget_tokens,
+            batch_size=batch_size or settings.report_batch_size,
+            id_column=id_column,
+        )
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    _after_submit(summary, url, as_json, wait)
+    if provider == "offline" and not as_json:
+        err.print("[yellow]note:[/] no OpenAI API key is set: reports are OFFLINE TEMPLATE drafts, labelled as such")
 
 
 # --------------------------------------------------------------------------- status, results, resume

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Broker used when none is configured: a Redis on this host (``medbatch demo`` starts one if absent).
@@ -45,6 +45,38 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     flower_port: int = 5555
     flower_basic_auth: str = Field("", description="user:password for Flower; required in production")
+
+    # Report generation (LLM). The SDK's own OPENAI_API_KEY / OPENAI_BASE_URL are honoured too.
+    llm_provider: str = Field("auto", description="auto (openai when a key is set, else offline) | openai | offline")
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("MEDBATCH_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("MEDBATCH_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+    )
+    llm_model: str = "gpt-4o-mini"
+    llm_temperature: float = Field(0.2, ge=0, le=2)
+    llm_max_tokens: int = Field(600, ge=16, le=32_000)
+    llm_timeout_s: float = Field(60.0, gt=0)
+    llm_max_attempts: int = Field(4, ge=1, le=20, description="tries per report before it is an item error")
+    llm_requests_per_minute: int = Field(500, ge=1, description="global, shared by every worker through Redis")
+    llm_tokens_per_minute: int = Field(200_000, ge=100, description="global, shared by every worker")
+    llm_prices_json: str = Field("", description='{"model": [usd_per_mtok_in, usd_per_mtok_out]} overrides')
+    report_batch_size: int = Field(20, ge=1, le=1000, description="reports per message")
+    report_poll_interval_s: float = Field(60.0, gt=0, description="Batch API polling interval (overnight mode)")
+
+    def resolved_llm_provider(self) -> str:
+        """``openai`` when chosen, or when ``auto`` and an API key is set; ``offline`` otherwise."""
+        if self.llm_provider == "auto":
+            return "openai" if self.openai_api_key else "offline"
+        return self.llm_provider
+
+    @field_validator("llm_provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if value not in ("auto", "openai", "offline"):
+            raise ValueError("llm_provider must be auto, openai or offline")
+        return value
 
     @field_validator("log_level")
     @classmethod

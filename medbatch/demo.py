@@ -19,7 +19,7 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
     from medbatch.db.session import session_scope
     from medbatch.db.tables import FINISHED_JOB
     from medbatch.export import write_rows
-    from medbatch.producer.enqueue import celery_sender, submit_records
+    from medbatch.producer.enqueue import celery_sender, submit_records, submit_reports
     from medbatch.producer.synthetic import write_patients
     from medbatch.worker.app import create_app
     from medbatch.worker.embedded import redis_reachable, start_local_redis
@@ -39,10 +39,10 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
         upgrade(settings.database_url)
         console.print(f"database: {redact_url(settings.database_url)}")
 
-        console.print("starting a worker for the tabular queue ...")
+        console.print("starting a worker for the tabular and reports queues ...")
         env = {"MEDBATCH_BROKER_URL": settings.broker_url, "MEDBATCH_DATABASE_URL": settings.database_url}
         worker = start_worker(
-            "tabular", env=env, concurrency=min(2, os.cpu_count() or 1), log_path=workdir / "worker-tabular.log"
+            "tabular,reports", env=env, concurrency=min(2, os.cpu_count() or 1), log_path=workdir / "worker.log"
         )
         started.append(worker)
         app = create_app(settings)
@@ -61,6 +61,20 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
         from medbatch.cli import _wait
 
         finals = [_wait(settings.database_url, s.job_id, timeout_s=600) for s in jobs]
+        # The demo spends nothing: offline templates unless a provider is chosen explicitly.
+        provider = "offline" if settings.llm_provider == "auto" else settings.resolved_llm_provider()
+        console.print(f"drafting reports for the first 20 patients of job {jobs[0].job_id} ({provider} provider)")
+        report = submit_reports(
+            database_url=settings.database_url,
+            send=send,
+            provider=provider,
+            llm_model=settings.llm_model,
+            from_job=jobs[0].job_id,
+            batch_size=settings.report_batch_size,
+            limit=20,
+        )
+        jobs.append(report)
+        finals.append(_wait(settings.database_url, report.job_id, timeout_s=600))
         table = Table(
             "job",
             "workload",

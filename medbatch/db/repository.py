@@ -27,6 +27,7 @@ from medbatch.db.tables import (
     Job,
     JobStatus,
     Model,
+    Report,
     Result,
     utcnow,
 )
@@ -307,23 +308,29 @@ def load_pending_items(session: Session, batch_id: int) -> list[Any]:
     )
 
 
-def complete_batch(
+def write_outcomes(
     session: Session,
     *,
-    batch_id: int,
     job_id: int,
-    results: Sequence[dict[str, Any]],
+    results: Sequence[dict[str, Any]] = (),
     failures: Sequence[dict[str, Any]] = (),
+    reports: Sequence[dict[str, Any]] = (),
+    mark_done_by_id: bool = True,
 ) -> None:
-    """Write a batch's outcome in the caller's transaction, idempotently, and finish the job if it was the last.
+    """Write results, reports and failures idempotently (unique keys: item id, error key), and set item states.
 
     Args:
         results: dicts with item_id, model_name, model_version, label, score, detail.
-        failures: dicts with item_id, source_uri, source_row, patient_ref, reason (stage ``inference``).
+        failures: dicts with item_id, source_uri, source_row, patient_ref, reason, optional stage.
+        reports: dicts with the :class:`~medbatch.db.tables.Report` columns (item_id, provider, ...).
+        mark_done_by_id: set the results' items done by id; the batch-wide caller does it more cheaply.
     """
     now = utcnow()
     insert_ignore_conflicts(
         session, Result.__table__, [{**r, "job_id": job_id, "created_at": now} for r in results], ["item_id"]
+    )
+    insert_ignore_conflicts(
+        session, Report.__table__, [{**r, "job_id": job_id, "created_at": now} for r in reports], ["item_id"]
     )
     error_rows = [
         {
@@ -344,6 +351,55 @@ def complete_batch(
         session.execute(
             update(Item).where(Item.id.in_([f["item_id"] for f in failures])).values(status=ItemStatus.FAILED.value)
         )
+    if results and mark_done_by_id:
+        session.execute(
+            update(Item).where(Item.id.in_([r["item_id"] for r in results])).values(status=ItemStatus.DONE.value)
+        )
+
+
+def load_job_pending_items(session: Session, job_id: int) -> list[Any]:
+    """Every item of a job still waiting for a result (plain rows, as :func:`load_pending_items`)."""
+    return list(
+        session.execute(
+            select(Item.id, Item.payload, Item.source_uri, Item.source_row, Item.patient_ref, Item.item_key)
+            .where(Item.job_id == job_id, Item.status == ItemStatus.PENDING.value)
+            .order_by(Item.id)
+        )
+    )
+
+
+def update_job_options(session: Session, job_id: int, **values: Any) -> None:
+    """Merge ``values`` into the job's ``options`` JSON (e.g. the provider batch it is waiting on)."""
+    job = get_job(session, job_id)
+    job.options = {**(job.options or {}), **values}
+
+
+def mark_job_batches(session: Session, job_id: int, status: str) -> None:
+    """Move every unfinished batch of a job to ``status`` (a job-level flow such as the Batch API)."""
+    values: dict[str, Any] = {"status": BatchStatus(status).value}
+    if status == BatchStatus.DONE.value:
+        values["finished_at"] = utcnow()
+    elif status == BatchStatus.RUNNING.value:
+        values["started_at"] = utcnow()
+    session.execute(update(Batch).where(Batch.job_id == job_id, Batch.status.not_in(FINISHED_BATCH)).values(**values))
+    if status == BatchStatus.RUNNING.value:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+            .values(status=JobStatus.RUNNING.value)
+        )
+
+
+def complete_batch(
+    session: Session,
+    *,
+    batch_id: int,
+    job_id: int,
+    results: Sequence[dict[str, Any]] = (),
+    failures: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Write a batch's outcome in the caller's transaction, idempotently, and finish the job if it was the last."""
+    write_outcomes(session, job_id=job_id, results=results, failures=failures, mark_done_by_id=False)
     if results:
         # Every item of the batch that did not fail now has a result (written above or by an earlier attempt).
         session.execute(
@@ -352,7 +408,9 @@ def complete_batch(
             .values(status=ItemStatus.DONE.value)
         )
     session.execute(
-        update(Batch).where(Batch.id == batch_id).values(status=BatchStatus.DONE.value, finished_at=now, error=None)
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(status=BatchStatus.DONE.value, finished_at=utcnow(), error=None)
     )
     finish_job_if_done(session, job_id)
 
@@ -500,6 +558,51 @@ def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Itera
             "detail": row.detail,
             "created_at": row.created_at.isoformat() if row.created_at else None,
         }
+
+
+def tokens_spent(session: Session, job_id: int) -> int:
+    """LLM tokens (in + out) spent on a job's reports so far."""
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(Report.tokens_in + Report.tokens_out), 0)).where(Report.job_id == job_id)
+        )
+    )
+
+
+def iter_item_findings(session: Session, job_id: int) -> Iterator[dict[str, Any]]:
+    """Each scored item of a job with its inputs and its result (for reports drawn from that job)."""
+    stmt = (
+        select(Item.id, Item.payload, Item.patient_ref, Item.source_row, Result.label, Result.score)
+        .join(Result, Result.item_id == Item.id)
+        .where(Item.job_id == job_id)
+        .order_by(Item.id)
+    )
+    for row in session.execute(stmt):
+        yield {
+            "item_id": row.id,
+            "payload": row.payload,
+            "patient_ref": row.patient_ref,
+            "source_row": row.source_row,
+            "label": row.label,
+            "score": row.score,
+        }
+
+
+def latest_findings(session: Session, patient_refs: Sequence[str]) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """For each patient identifier, the latest (label, score) per workload across all jobs."""
+    out: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for start in range(0, len(patient_refs), 1000):
+        part = list(patient_refs[start : start + 1000])
+        stmt = (
+            select(Item.patient_ref, Job.workload, Result.label, Result.score)
+            .join(Result, Result.item_id == Item.id)
+            .join(Job, Job.id == Item.job_id)
+            .where(Item.patient_ref.in_(part))
+            .order_by(Result.id)
+        )
+        for row in session.execute(stmt):
+            out.setdefault(row.patient_ref, {})[row.workload] = (row.label, row.score)
+    return out
 
 
 def iter_errors(session: Session, job_id: int) -> Iterator[dict[str, Any]]:

@@ -40,7 +40,8 @@ def load_job_model(database_url: str, name: str | None, version: str | None) -> 
     return registry.load(name, version, uri)
 
 
-def _release(database_url: str, batch_id: int, reason: str) -> None:
+def release_claim(database_url: str, batch_id: int, reason: str) -> None:
+    """Hand a claimed batch back after a transient failure, if the database lets us."""
     try:
         with session_scope(database_url) as s:
             repo.release_batch(s, batch_id, reason)
@@ -72,7 +73,7 @@ def run_batch(batch_id: int, *, database_url: str, max_attempts: int, predict: P
         with session_scope(database_url) as s:
             repo.complete_batch(s, batch_id=batch_id, job_id=claim.job_id, results=results, failures=failures)
     except RetryableError as exc:
-        _release(database_url, batch_id, str(exc))
+        release_claim(database_url, batch_id, str(exc))
         raise
     log.info(
         "job %s batch %s attempt %s: %d results, %d failures in %.2fs (model %s %s)",

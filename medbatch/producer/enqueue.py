@@ -7,6 +7,7 @@ Messages carry a batch ID and nothing else. If the broker is down after staging,
 from __future__ import annotations
 
 import getpass
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,8 +18,8 @@ from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.errors import BrokerUnavailable, InvalidInput
 from medbatch.ml import registry
-from medbatch.producer.records import iter_record_chunks
-from medbatch.worker.routing import route_for
+from medbatch.producer.records import RecordChunk, iter_record_chunks, read_header
+from medbatch.worker.routing import JOB_TASKS, route_for
 
 log = logging.getLogger("medbatch.producer")
 
@@ -110,51 +111,46 @@ def send_batches(send: Send, database_url: str, batches: Sequence[tuple[int, str
     return len(sent)
 
 
-def submit_records(
-    path: Path,
-    workload: str,
+def stage_job(
     *,
     database_url: str,
-    send: Send,
+    workload: str,
+    source: str,
+    model: tuple[str, str],
+    options: dict[str, Any],
+    chunks: Iterable[RecordChunk],
     batch_size: int,
-    id_column: str | None = None,
+    send: Send | None,
     progress: Progress | None = None,
     submitted_by: str | None = None,
 ) -> SubmitSummary:
-    """Validate and stage a patient-record CSV as a job, then enqueue its batches.
+    """Create a job and stage ``chunks`` into it, one transaction per chunk; send each batch after its commit.
 
-    Each committed chunk's batches are sent right away, so workers start while a large file is still
-    being read. Bad rows become recorded rejections; the rest of the file goes on.
+    ``send=None`` stages without sending (the caller sends one job-level message instead).
 
     Raises:
-        InvalidInput: the file as a whole cannot be used (missing, empty, required columns absent);
-            nothing is staged.
-        BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
+        InvalidInput: raised by ``chunks`` mid-way; the job is marked failed with the reason.
+        BrokerUnavailable: what was staged stays in the database for ``resume``.
     """
-    path = Path(path)
     route = route_for(workload)
-    from medbatch.producer.records import read_header
-
-    read_header(path, workload, id_column)  # fail fast, before a job exists
-    model_name, model_version = ensure_model(database_url, workload)
     with session_scope(database_url) as s:
         job_id = repo.create_job(
             s,
             workload=workload,
-            source_uri=str(path.resolve()),
-            model_name=model_name,
-            model_version=model_version,
-            options={"batch_size": batch_size, "id_column": id_column},
+            source_uri=source,
+            model_name=model[0],
+            model_version=model[1],
+            options={"batch_size": batch_size, **options},
             submitted_by=submitted_by or _whoami(),
         )
     summary = SubmitSummary(
-        job_id=job_id, workload=workload, source=str(path), model={"name": model_name, "version": model_version}
+        job_id=job_id, workload=workload, source=source, model={"name": model[0], "version": model[1]}
     )
-    log.info("job %s: staging %s input (model %s %s)", job_id, workload, model_name, model_version)
+    log.info("job %s: staging %s input (model %s %s)", job_id, workload, model[0], model[1])
     pending: list[dict] = []
     seq = 0
 
-    def flush(items: list[dict], rejected: Iterable[dict]) -> None:
+    def flush(items: list[dict], rejected: list[dict]) -> None:
         nonlocal seq
         new_batches: list[tuple[int, str]] = []
         with session_scope(database_url) as s:
@@ -164,18 +160,18 @@ def submit_records(
                     (repo.stage_batch(s, job_id=job_id, seq=seq, queue=route.queue, items=chunk), route.queue)
                 )
                 seq += 1
-            rejected = list(rejected)
             repo.record_rejections(s, job_id=job_id, errors=rejected)
             repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
         summary.batches += len(new_batches)
         summary.items_staged += len(items)
-        summary.batches_sent += send_batches(send, database_url, new_batches, route.task)
+        if send is not None:
+            summary.batches_sent += send_batches(send, database_url, new_batches, route.task)
 
     try:
-        for chunk in iter_record_chunks(path, workload, id_column=id_column):
+        for chunk in chunks:
             pending.extend(chunk.items)
             full = len(pending) - len(pending) % batch_size
-            flush(pending[:full], chunk.rejected)
+            flush(pending[:full], list(chunk.rejected))
             pending = pending[full:]
             summary.rows_rejected += len(chunk.rejected)
             if progress:
@@ -199,6 +195,111 @@ def submit_records(
     return summary
 
 
+def submit_records(
+    path: Path,
+    workload: str,
+    *,
+    database_url: str,
+    send: Send,
+    batch_size: int,
+    id_column: str | None = None,
+    progress: Progress | None = None,
+    submitted_by: str | None = None,
+) -> SubmitSummary:
+    """Validate and stage a patient-record CSV as a job, then enqueue its batches.
+
+    Each committed chunk's batches are sent right away, so workers start while a large file is still
+    being read. Bad rows become recorded rejections; the rest of the file goes on.
+
+    Raises:
+        InvalidInput: the file as a whole cannot be used (missing, empty, required columns absent);
+            nothing is staged.
+        BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
+    """
+    path = Path(path)
+    read_header(path, workload, id_column)  # fail fast, before a job exists
+    return stage_job(
+        database_url=database_url,
+        workload=workload,
+        source=str(path.resolve()),
+        model=ensure_model(database_url, workload),
+        options={"id_column": id_column},
+        chunks=iter_record_chunks(path, workload, id_column=id_column),
+        batch_size=batch_size,
+        send=send,
+        progress=progress,
+        submitted_by=submitted_by,
+    )
+
+
+def submit_reports(
+    *,
+    database_url: str,
+    send: Send,
+    provider: str,
+    llm_model: str,
+    path: Path | None = None,
+    from_job: int | None = None,
+    mode: str = "online",
+    budget_tokens: int | None = None,
+    batch_size: int,
+    id_column: str | None = None,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    submitted_by: str | None = None,
+) -> SubmitSummary:
+    """Stage a report job from a patient-facts CSV or from the patients of an earlier job, then queue it.
+
+    ``mode="online"`` sends one message per batch to the ``reports`` queue; ``mode="batch"`` sends one
+    job-level message that hands every request to the provider's Batch API (half the cost, results
+    within 24 hours).
+
+    Raises:
+        InvalidInput: no usable source, an unknown mode, or the Batch API asked of the offline provider.
+    """
+    from medbatch.ml.reports import PROMPT_VERSION
+    from medbatch.producer.reports import iter_fact_chunks, iter_job_fact_chunks
+
+    if (path is None) == (from_job is None):
+        raise InvalidInput("give either a patient-facts CSV or --from-job JOB")
+    if mode not in ("online", "batch"):
+        raise InvalidInput(f"unknown mode {mode!r}; choose online or batch")
+    if mode == "batch" and provider != "openai":
+        raise InvalidInput("--mode batch uses the OpenAI Batch API: set an API key (or MEDBATCH_LLM_PROVIDER=openai)")
+    if path is not None:
+        chunks = iter_fact_chunks(Path(path), id_column=id_column)
+        source = str(Path(path).resolve())
+    else:
+        chunks = iter_job_fact_chunks(database_url, from_job, limit=limit)
+        source = f"job:{from_job}"
+    # Read the first chunk before a job exists, so an unreadable source creates nothing.
+    chunks = iter(chunks)
+    head = next(chunks, None)
+    chunks = itertools.chain([head] if head is not None else [], chunks)
+    summary = stage_job(
+        database_url=database_url,
+        workload="report",
+        source=source,
+        model=(provider, PROMPT_VERSION),
+        options={
+            "mode": mode,
+            "budget_tokens": budget_tokens,
+            "llm_model": llm_model if provider == "openai" else "offline-template",
+            "from_job": from_job,
+        },
+        chunks=chunks,
+        batch_size=batch_size,
+        send=send if mode == "online" else None,
+        progress=progress,
+        submitted_by=submitted_by,
+    )
+    if mode == "batch" and summary.items_staged:
+        route = JOB_TASKS["report_batch_submit"]
+        send(route.task, route.queue, summary.job_id)
+        summary.batches_sent = summary.batches
+    return summary
+
+
 def resume_job(job_id: int, *, database_url: str, send: Send) -> int:
     """Re-send every batch of ``job_id`` that is not finished. Re-delivery is harmless: writes are idempotent.
 
@@ -209,6 +310,12 @@ def resume_job(job_id: int, *, database_url: str, send: Send) -> int:
         job = repo.get_job(s, job_id)
         route = route_for(job.workload)
         batches = repo.unfinished_batches(s, job_id)
+        job_level = (job.options or {}).get("mode") == "batch"
+    if job_level:  # overnight report job: one idempotent job-level message (submits once, then polls)
+        if batches:
+            task = JOB_TASKS["report_batch_submit"]
+            send(task.task, task.queue, job_id)
+        return 1 if batches else 0
     return send_batches(send, database_url, batches, route.task)
 
 

@@ -12,7 +12,7 @@ from kombu import Queue
 from medbatch.config import Settings, get_settings
 from medbatch.worker.routing import QUEUES, task_routes
 
-TASK_MODULES = ["medbatch.tasks.tabular"]
+TASK_MODULES = ["medbatch.tasks.tabular", "medbatch.tasks.reports"]
 
 
 def celery_config(settings: Settings) -> dict:

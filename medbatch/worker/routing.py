@@ -17,6 +17,12 @@ class Route:
 WORKLOADS: dict[str, Route] = {
     "risk": Route("medbatch.tabular.score_batch", "tabular"),
     "treatment": Route("medbatch.tabular.score_batch", "tabular"),
+    "report": Route("medbatch.reports.generate_batch", "reports"),
+}
+#: Job-level tasks (not one per batch), each on its workload's queue.
+JOB_TASKS: dict[str, Route] = {
+    "report_batch_submit": Route("medbatch.reports.submit_provider_batch", "reports"),
+    "report_batch_poll": Route("medbatch.reports.poll_provider_batch", "reports"),
 }
 
 
@@ -29,4 +35,4 @@ def route_for(workload: str) -> Route:
 
 def task_routes() -> dict[str, dict[str, str]]:
     """Celery ``task_routes``: every task name to its queue."""
-    return {r.task: {"queue": r.queue} for r in WORKLOADS.values()}
+    return {r.task: {"queue": r.queue} for r in (*WORKLOADS.values(), *JOB_TASKS.values())}

@@ -99,3 +99,17 @@ def test_train_on_own_csv_registers_a_model_that_new_jobs_use(service_env, start
     assert len(rows) == 200 and {r["model_version"] for r in rows} == {trained["version"]}
     assert {r["label"] for r in rows} <= {"medication", "lifestyle", "monitor"}
     assert all(set(r["detail"]["probabilities"]) == {"medication", "lifestyle", "monitor"} for r in rows)
+
+
+def test_submit_report_from_job_offline_and_bad_mode(service_env, start_worker, tmp_path):
+    start_worker("tabular,reports", pool="threads", concurrency=2)
+    path = write_patients(tmp_path / "p.csv", "risk", 30, seed=4)
+    risk = json.loads(medbatch(service_env, "submit", "risk", str(path), "--json", "--wait").stdout)
+    env = {**service_env, "MEDBATCH_LLM_PROVIDER": "offline"}
+    run = medbatch(env, "submit", "report", "--from-job", str(risk["job_id"]), "--limit", "5", "--json", "--wait")
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["items_staged"] == 5 and job["final"]["status"] == "completed"
+    assert job["model"] == {"name": "offline", "version": "report-v1"}
+    bad = medbatch(env, "submit", "report", "--from-job", str(risk["job_id"]), "--mode", "batch")
+    assert bad.returncode == 2 and "Batch API" in bad.stderr
