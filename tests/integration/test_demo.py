@@ -39,9 +39,12 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "started a local one" in run.stderr
     assert (tmp_path / "medbatch.db").is_file()
-    results = sorted((tmp_path / "medbatch-demo").glob("results-*.csv"))
-    assert [p.name.split("-")[1] for p in results] == ["risk", "treatment"]
-    for path in results:
-        rows = list(csv.DictReader(path.open()))
+    results = {p.name.split("-")[1]: p for p in (tmp_path / "medbatch-demo").glob("results-*.csv")}
+    assert sorted(results) == ["report", "risk", "treatment"]
+    for workload in ("risk", "treatment"):
+        rows = list(csv.DictReader(results[workload].open()))
         assert 250 <= len(rows) <= 300 and all(r["patient_id"].startswith("SYN-") for r in rows)
+    reports = list(csv.DictReader(results["report"].open()))
+    assert len(reports) == 20 and {r["label"] for r in reports} == {"draft_requires_review"}
+    assert all(r["model_name"] == "offline:offline-template" for r in reports)
     assert not redis_reachable(broker, 0.5)
