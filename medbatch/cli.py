@@ -280,6 +280,14 @@ def _print_status(c: dict) -> None:
     table.add_row("batches", ", ".join(f"{k} {v}" for k, v in sorted(c["batches"].items())) or "none")
     if c["errors_by_stage"]:
         table.add_row("errors", ", ".join(f"{k} {v}" for k, v in sorted(c["errors_by_stage"].items())))
+    if c.get("provider_batch"):
+        pb = c["provider_batch"]
+        counts = pb.get("request_counts") or {}
+        table.add_row(
+            "provider batch",
+            f"{pb.get('id')} · {pb.get('status')} · "
+            + ", ".join(f"{k} {v}" for k, v in counts.items() if v is not None),
+        )
     if c["error"]:
         table.add_row("job error", c["error"])
     table.add_row("created", c["created_at"] or "")

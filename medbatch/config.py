@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     llm_requests_per_minute: int = Field(500, ge=1, description="global, shared by every worker through Redis")
     llm_tokens_per_minute: int = Field(200_000, ge=100, description="global, shared by every worker")
     llm_prices_json: str = Field("", description='{"model": [usd_per_mtok_in, usd_per_mtok_out]} overrides')
-    report_batch_size: int = Field(20, ge=1, le=1000, description="reports per message")
+    report_batch_size: int = Field(5, ge=1, le=1000, description="reports per message (small: calls are slow)")
     report_poll_interval_s: float = Field(60.0, gt=0, description="Batch API polling interval (overnight mode)")
 
     def resolved_llm_provider(self) -> str:

@@ -513,6 +513,7 @@ def job_counts(session: Session, job_id: int) -> dict[str, Any]:
         "batches_total": job.batches_total,
         "progress": 1.0 if total == 0 else round((done + failed) / total, 4),
         "error": job.error,
+        "provider_batch": (job.options or {}).get("provider_batch"),
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
