@@ -299,12 +299,14 @@ def load_pending_items(session: Session, batch_id: int) -> list[Any]:
     Returns plain rows (attributes id, payload, source_uri, source_row, patient_ref, item_key): loading
     thousands of ORM objects per batch costs more than the model does.
     """
-    return list(
-        session.execute(
-            select(Item.id, Item.payload, Item.source_uri, Item.source_row, Item.patient_ref, Item.item_key)
-            .where(Item.batch_id == batch_id, Item.status == ItemStatus.PENDING.value)
-            .order_by(Item.id)
-        )
+    return list(session.execute(_pending_items().where(Item.batch_id == batch_id)))
+
+
+def _pending_items():
+    return (
+        select(Item.id, Item.payload, Item.source_uri, Item.source_row, Item.patient_ref, Item.item_key)
+        .where(Item.status == ItemStatus.PENDING.value)
+        .order_by(Item.id)
     )
 
 
@@ -359,13 +361,7 @@ def write_outcomes(
 
 def load_job_pending_items(session: Session, job_id: int) -> list[Any]:
     """Every item of a job still waiting for a result (plain rows, as :func:`load_pending_items`)."""
-    return list(
-        session.execute(
-            select(Item.id, Item.payload, Item.source_uri, Item.source_row, Item.patient_ref, Item.item_key)
-            .where(Item.job_id == job_id, Item.status == ItemStatus.PENDING.value)
-            .order_by(Item.id)
-        )
-    )
+    return list(session.execute(_pending_items().where(Item.job_id == job_id)))
 
 
 def update_job_options(session: Session, job_id: int, **values: Any) -> None:
