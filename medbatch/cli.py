@@ -15,6 +15,7 @@ from rich.table import Table
 
 from medbatch.config import get_settings, redact_url
 from medbatch.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, MedbatchError, NotFound
+from medbatch.producer.identity import whoami
 
 app = typer.Typer(
     help="medbatch: overnight AI batch processing for hospital data.",
@@ -357,6 +358,19 @@ def results(
             repo.get_job(s, job_id)
             rows = repo.iter_errors(s, job_id) if errors else repo.iter_results(s, job_id)
             n = write_rows(rows, fmt, output)
+        with session_scope(url) as s:
+            repo.audit(
+                s,
+                actor=whoami(),
+                action="export",
+                job_id=job_id,
+                detail={
+                    "what": "errors" if errors else "results",
+                    "format": fmt,
+                    "rows": n,
+                    "output": str(output) if output else "stdout",
+                },
+            )
     except MedbatchError as exc:
         raise _handle(exc) from None
     if output:
@@ -374,6 +388,32 @@ def resume(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     except MedbatchError as exc:
         raise _handle(exc) from None
     err.print(f"job {job_id}: {sent} unfinished batch(es) re-sent")
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    older_than_s: Annotated[
+        int | None, typer.Option(help="Re-send batches untouched this long [MEDBATCH_RECONCILE_AFTER_S].")
+    ] = None,
+) -> None:
+    """Find batches stuck past their deadline (lost messages, a Redis that lost its data) and re-send them."""
+    from medbatch.producer.enqueue import reconcile
+
+    settings = get_settings()
+    url = _db()
+    try:
+        sent = reconcile(database_url=url, send=_sender(), older_than_s=older_than_s or settings.reconcile_after_s)
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    err.print(f"{sum(sent.values())} stuck batch(es) re-sent" + (f" for jobs {sorted(sent)}" if sent else ""))
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat: the reconciler every MEDBATCH_RECONCILE_INTERVAL_S (one beat per deployment)."""
+    from medbatch.worker.app import app as celery_app
+
+    celery_app.Beat(loglevel=get_settings().log_level, schedule="/tmp/medbatch-beat-schedule").run()
 
 
 # --------------------------------------------------------------------------- models
@@ -438,6 +478,7 @@ def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, o
             repo.register_model(
                 s, name=name, version=version, uri=str(path.resolve()), metrics=trained.metrics, training_source=source
             )
+            repo.audit(s, actor=whoami(), action="train", detail={"model": name, "version": version, "source": source})
     except MedbatchError as exc:
         raise _handle(exc) from None
     m = trained.metrics
@@ -531,6 +572,28 @@ def worker(
     if max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
     celery_app.worker_main(argv=argv)
+
+
+@worker_app.command("check")
+def worker_check(
+    hostname: Annotated[str, typer.Option("--hostname", "-n", help="The worker's name, e.g. tabular@host.")],
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Queues it consumes, comma-separated.")] = "tabular",
+    stall_s: Annotated[int | None, typer.Option(help="Seconds without progress [MEDBATCH_WORKER_STALL_S].")] = None,
+) -> None:
+    """Exit non-zero when the worker is silent, or answers but finishes nothing while work waits."""
+    from medbatch.worker.app import app as celery_app
+    from medbatch.worker.health import check_worker
+
+    settings = get_settings()
+    health = check_worker(
+        celery_app,
+        settings.broker_url,
+        hostname=hostname,
+        queues=queues.split(","),
+        stall_s=stall_s if stall_s is not None else settings.worker_stall_s,
+    )
+    (out if health.healthy else err).print(health.reason, highlight=False)
+    raise typer.Exit(0 if health.healthy else 1)
 
 
 @app.command()

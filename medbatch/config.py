@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(DEFAULT_VISIBILITY_TIMEOUT_S, ge=10)
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
     task_retry_backoff_max_s: int = Field(600, ge=1)
+    reconcile_after_s: int = Field(
+        DEFAULT_VISIBILITY_TIMEOUT_S + 300, ge=1, description="a batch untouched this long is re-sent"
+    )
+    worker_stall_s: int = Field(900, ge=1, description="work waiting and no task finished this long = unhealthy")
+    reconcile_interval_s: int = Field(300, ge=10, description="how often beat runs the reconciler")
     log_level: str = "INFO"
     flower_port: int = 5555
     flower_basic_auth: str = Field("", description="user:password for Flower; required in production")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Table, func, insert, select, text, update
@@ -19,6 +20,7 @@ from medbatch.db.rawjson import RawJson
 from medbatch.db.tables import (
     FINISHED_BATCH,
     FINISHED_JOB,
+    AuditEvent,
     Batch,
     BatchStatus,
     Item,
@@ -141,6 +143,7 @@ def create_job(
     )
     session.add(job)
     session.flush()
+    audit(session, actor=submitted_by, action="submit", job_id=job.id, detail={"workload": workload, **(options or {})})
     return job.id
 
 
@@ -228,6 +231,42 @@ def mark_batches_queued(session: Session, batch_ids: Sequence[int]) -> None:
         .where(Batch.id.in_(batch_ids), Batch.status == BatchStatus.PENDING.value)
         .values(status=BatchStatus.QUEUED.value, queued_at=utcnow())
     )
+
+
+def mark_batches_resent(session: Session, batch_ids: Sequence[int]) -> None:
+    """Record a re-send (resume, reconcile): unfinished batches go back to ``queued`` with a fresh time."""
+    if batch_ids:
+        session.execute(
+            update(Batch)
+            .where(Batch.id.in_(batch_ids), Batch.status.not_in(FINISHED_BATCH))
+            .values(status=BatchStatus.QUEUED.value, queued_at=utcnow())
+        )
+
+
+def stuck_batches(session: Session, *, older_than_s: float) -> dict[int, list[tuple[int, str]]]:
+    """Unfinished batches nothing has happened to for ``older_than_s`` seconds, by job.
+
+    A batch is stuck when it is pending (its message was never sent), queued, or running, and its last
+    recorded event (sent, started, or the job's creation) is older than the deadline. Jobs still being
+    staged are left to their producer.
+    """
+    deadline = utcnow() - timedelta(seconds=older_than_s)
+    last_event = func.coalesce(Batch.started_at, Batch.queued_at, Job.created_at)
+    rows = session.execute(
+        select(Batch.job_id, Batch.id, Batch.queue)
+        .join(Job, Job.id == Batch.job_id)
+        .where(
+            Batch.status.not_in(FINISHED_BATCH),
+            Job.status != JobStatus.STAGING.value,
+            func.coalesce(Batch.queued_at, Job.created_at) < deadline,
+            last_event < deadline,
+        )
+        .order_by(Batch.job_id, Batch.seq)
+    )
+    out: dict[int, list[tuple[int, str]]] = {}
+    for row in rows:
+        out.setdefault(row.job_id, []).append((row.id, row.queue))
+    return out
 
 
 def finish_staging(session: Session, job_id: int, *, error: str | None = None) -> None:
@@ -635,6 +674,22 @@ def unfinished_batches(session: Session, job_id: int) -> list[tuple[int, str]]:
 def list_jobs(session: Session, limit: int = 20) -> list[Job]:
     """The most recent jobs first."""
     return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def audit(session: Session, *, actor: str, action: str, job_id: int | None = None, detail: dict | None = None) -> None:
+    """Record who did what to which job. ``detail`` holds counts and options, never patient data."""
+    session.add(AuditEvent(actor=actor or "unknown", action=action, job_id=job_id, detail=detail or {}))
+
+
+def audit_events(session: Session, job_id: int | None = None, limit: int = 100) -> list[AuditEvent]:
+    """The latest audit events, newest first (of one job when given)."""
+    stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    if job_id is not None:
+        stmt = stmt.where(AuditEvent.job_id == job_id)
+    return list(session.scalars(stmt))
 
 
 # --------------------------------------------------------------------------- model registry

@@ -192,3 +192,16 @@ class Report(Base):
     finish_reason: Mapped[str] = mapped_column(String(32))
     requires_review: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what, and when: submissions, resumes, re-sends, exports, training. No patient data."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32), index=True)  # submit | resume | reconcile | export | train
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -226,6 +226,8 @@ def poll_provider_batch(job_id: int, *, database_url: str, provider_for: Callabl
             s, job_id, provider_batch={**info, "status": state["status"], "request_counts": state.get("request_counts")}
         )
     if state["status"] not in ("completed", "failed", "expired", "cancelled"):
+        with session_scope(database_url) as s:
+            repo.mark_job_batches(s, job_id, "running")  # a heartbeat: the reconciler leaves them be
         return {"job_id": job_id, "status": state["status"], "done": False}
     outcomes = provider.batch_results(info["id"]) if state["status"] == "completed" else {}
     with session_scope(database_url) as s:

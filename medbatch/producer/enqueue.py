@@ -6,7 +6,6 @@ Messages carry a batch ID and nothing else. If the broker is down after staging,
 
 from __future__ import annotations
 
-import getpass
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +17,7 @@ from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.errors import BrokerUnavailable, InvalidInput
 from medbatch.ml import registry
+from medbatch.producer.identity import whoami
 from medbatch.producer.records import RecordChunk, iter_record_chunks, read_header
 from medbatch.worker.routing import JOB_TASKS, route_for
 
@@ -26,6 +26,8 @@ log = logging.getLogger("medbatch.producer")
 #: send(task_name, queue, batch_id) publishes one message; raises on broker failure.
 Send = Callable[[str, str, int], None]
 Progress = Callable[[int, int, int], None]  # (bytes_read, items_staged, rows_rejected)
+#: The actor named in the audit log for re-sends made by the periodic reconciler.
+RECONCILER = "reconciler"
 
 
 @dataclass
@@ -93,11 +95,16 @@ def _card_metrics(path: Path) -> dict[str, Any]:
     return out
 
 
-def send_batches(send: Send, database_url: str, batches: Sequence[tuple[int, str]], task: str) -> int:
-    """Send one message per (batch id, queue) and mark those sent as queued. Returns how many were sent.
+def send_batches(
+    send: Send, database_url: str, batches: Sequence[tuple[int, str]], task: str, *, resend: bool = False
+) -> int:
+    """Send one message per (batch id, queue) and record the sends. Returns how many were sent.
+
+    Args:
+        resend: these batches were sent before (resume, reconcile): refresh their state and time.
 
     Raises:
-        BrokerUnavailable: after marking the ones sent before the failure.
+        BrokerUnavailable: after recording the ones sent before the failure.
     """
     sent: list[int] = []
     try:
@@ -107,7 +114,7 @@ def send_batches(send: Send, database_url: str, batches: Sequence[tuple[int, str
     finally:
         if sent:
             with session_scope(database_url) as s:
-                repo.mark_batches_queued(s, sent)
+                (repo.mark_batches_resent if resend else repo.mark_batches_queued)(s, sent)
     return len(sent)
 
 
@@ -141,7 +148,7 @@ def stage_job(
             model_name=model[0],
             model_version=model[1],
             options={"batch_size": batch_size, **options},
-            submitted_by=submitted_by or _whoami(),
+            submitted_by=submitted_by or whoami(),
         )
     summary = SubmitSummary(
         job_id=job_id, workload=workload, source=source, model={"name": model[0], "version": model[1]}
@@ -300,8 +307,11 @@ def submit_reports(
     return summary
 
 
-def resume_job(job_id: int, *, database_url: str, send: Send) -> int:
-    """Re-send every batch of ``job_id`` that is not finished. Re-delivery is harmless: writes are idempotent.
+def resume_job(
+    job_id: int, *, database_url: str, send: Send, only: Sequence[int] | None = None, actor: str | None = None
+) -> int:
+    """Re-send every unfinished batch of ``job_id`` (or just those in ``only``). Re-delivery is harmless:
+    writes are idempotent.
 
     Returns:
         The number of messages sent.
@@ -311,16 +321,38 @@ def resume_job(job_id: int, *, database_url: str, send: Send) -> int:
         route = route_for(job.workload)
         batches = repo.unfinished_batches(s, job_id)
         job_level = (job.options or {}).get("mode") == "batch"
+    if only is not None:
+        batches = [b for b in batches if b[0] in set(only)]
+    with session_scope(database_url) as s:
+        repo.audit(
+            s,
+            actor=actor or whoami(),
+            action="reconcile" if actor == RECONCILER else "resume",
+            job_id=job_id,
+            detail={"batches": len(batches)},
+        )
     if job_level:  # overnight report job: one idempotent job-level message (submits once, then polls)
         if batches:
             task = JOB_TASKS["report_batch_submit"]
             send(task.task, task.queue, job_id)
+            with session_scope(database_url) as s:
+                repo.mark_batches_resent(s, [b for b, _q in batches])
         return 1 if batches else 0
-    return send_batches(send, database_url, batches, route.task)
+    return send_batches(send, database_url, batches, route.task, resend=True)
 
 
-def _whoami() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user database in some containers
-        return "unknown"
+def reconcile(*, database_url: str, send: Send, older_than_s: float) -> dict[int, int]:
+    """Find batches stuck past the deadline (a lost message, a Redis that lost its data) and re-send them.
+
+    Returns:
+        Messages sent per job id.
+    """
+    with session_scope(database_url) as s:
+        stuck = repo.stuck_batches(s, older_than_s=older_than_s)
+    sent: dict[int, int] = {}
+    for job_id, batches in stuck.items():
+        sent[job_id] = resume_job(
+            job_id, database_url=database_url, send=send, only=[b for b, _q in batches], actor=RECONCILER
+        )
+        log.warning("job %s: %d stuck batch(es) re-sent by the reconciler", job_id, sent[job_id])
+    return sent

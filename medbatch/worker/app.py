@@ -12,7 +12,7 @@ from kombu import Queue
 from medbatch.config import Settings, get_settings
 from medbatch.worker.routing import QUEUES, task_routes
 
-TASK_MODULES = ["medbatch.tasks.tabular", "medbatch.tasks.reports"]
+TASK_MODULES = ["medbatch.tasks.tabular", "medbatch.tasks.reports", "medbatch.tasks.maintenance"]
 
 
 def celery_config(settings: Settings) -> dict:
@@ -47,6 +47,14 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "enable_utc": True,
+        # `medbatch beat` runs these; one beat per deployment.
+        "beat_schedule": {
+            "reconcile-stuck-batches": {
+                "task": "medbatch.maintenance.reconcile",
+                "schedule": float(settings.reconcile_interval_s),
+                "options": {"expires": float(settings.reconcile_interval_s)},
+            },
+        },
     }
 
 
@@ -62,4 +70,4 @@ app = create_app()
 app.set_current()
 app.set_default()
 
-from medbatch.worker import signals  # noqa: E402,F401  (connects the worker process signals)
+from medbatch.worker import health, signals  # noqa: E402,F401  (connect the worker signals)

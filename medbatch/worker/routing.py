@@ -23,6 +23,7 @@ WORKLOADS: dict[str, Route] = {
 JOB_TASKS: dict[str, Route] = {
     "report_batch_submit": Route("medbatch.reports.submit_provider_batch", "reports"),
     "report_batch_poll": Route("medbatch.reports.poll_provider_batch", "reports"),
+    "reconcile": Route("medbatch.maintenance.reconcile", "tabular"),
 }
 
 

@@ -113,3 +113,20 @@ def test_submit_report_from_job_offline_and_bad_mode(service_env, start_worker, 
     assert job["model"] == {"name": "offline", "version": "report-v1"}
     bad = medbatch(env, "submit", "report", "--from-job", str(risk["job_id"]), "--mode", "batch")
     assert bad.returncode == 2 and "Batch API" in bad.stderr
+
+
+def test_audit_log_records_submit_export_and_resume(service_env, db_url, start_worker, tmp_path):
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+
+    start_worker("tabular")
+    path = write_patients(tmp_path / "p.csv", "risk", 20, seed=2)
+    job = json.loads(medbatch(service_env, "submit", "risk", str(path), "--json", "--wait").stdout)["job_id"]
+    assert medbatch(service_env, "results", str(job), "--output", str(tmp_path / "out.csv")).returncode == 0
+    assert medbatch(service_env, "resume", str(job)).returncode == 0
+    with session_scope(db_url) as s:
+        events = [(e.action, e.actor, e.detail) for e in reversed(repo.audit_events(s, job_id=job))]
+    assert [a for a, _, _ in events] == ["submit", "export", "resume"]
+    assert all(actor and actor != "unknown" for _, actor, _ in events) or os.environ.get("USER") is None
+    assert events[1][2] == {"what": "results", "format": "csv", "rows": 20, "output": str(tmp_path / "out.csv")}
+    assert "SYN-" not in str(events)

