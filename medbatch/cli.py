@@ -233,37 +233,50 @@ def _counts(url: str, job_id: int) -> dict:
         raise _handle(exc) from None
 
 
-def _wait(url: str, job_id: int, *, quiet: bool = False, poll_s: float = 0.5, timeout_s: float | None = None) -> dict:
+#: Seconds without progress before `--wait` reminds the user that a worker must be running.
+NO_PROGRESS_HINT_S = 30.0
+
+
+def _wait(url: str, job_id: int, *, quiet: bool = False, poll_s: float = 1.0, timeout_s: float | None = None) -> dict:
+    """Poll the job until it finishes (or ``timeout_s``), with a progress bar on a terminal."""
+    from contextlib import nullcontext
+
     from medbatch.db.tables import FINISHED_JOB
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     show = not quiet and err.is_terminal
     counts = _counts(url, job_id)
+    last_done, last_change, hinted = -1, time.monotonic(), False
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(
+        bar = Progress(
             TextColumn(f"job {job_id}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[s]}"),
             TimeElapsedColumn(),
             console=err,
-        ) as bar:
-            task = bar.add_task("", total=counts["items_total"] or 1, s=counts["status"])
-            while counts["status"] not in FINISHED_JOB and (deadline is None or time.monotonic() < deadline):
-                time.sleep(poll_s)
-                counts = _counts(url, job_id)
-                bar.update(
-                    task,
-                    total=counts["items_total"] or 1,
-                    completed=counts["items_done"] + counts["items_failed"],
-                    s=counts["status"],
-                )
-    else:
+        )
+    with bar if show else nullcontext():
+        task = bar.add_task("", total=counts["items_total"] or 1, s=counts["status"]) if show else None
         while counts["status"] not in FINISHED_JOB and (deadline is None or time.monotonic() < deadline):
             time.sleep(poll_s)
             counts = _counts(url, job_id)
+            done = counts["items_done"] + counts["items_failed"]
+            if show:
+                bar.update(task, total=counts["items_total"] or 1, completed=done, s=counts["status"])
+            if done != last_done:
+                last_done, last_change = done, time.monotonic()
+            elif not hinted and not quiet and time.monotonic() - last_change > NO_PROGRESS_HINT_S:
+                from medbatch.worker.routing import route_for
+
+                queue = route_for(counts["workload"]).queue
+                err.print(
+                    f"[yellow]no progress for {NO_PROGRESS_HINT_S:.0f}s:[/] is a worker consuming the "
+                    f"'{queue}' queue? Start one with `medbatch worker -Q {queue}`."
+                )
+                hinted = True
     return counts
 
 
