@@ -83,6 +83,12 @@ def _loader(name: str):
     return getattr(importlib.import_module(module), func)
 
 
+def cached(name: str, version: str) -> Any | None:
+    """The model already loaded in this process, if any."""
+    with _lock:
+        return _cache.get((name, version))
+
+
 def load(name: str, version: str, uri: str) -> Any:
     """Load model ``name`` at ``version`` from ``uri``, once per process; later calls return the cached object.
 

@@ -35,6 +35,9 @@ def load_job_model(database_url: str, name: str | None, version: str | None) -> 
 
     if not name or not version:
         raise ModelMisconfigured("the job names no model")
+    cached = registry.cached(name, version)
+    if cached is not None:  # versions are immutable: no need to ask the registry again
+        return cached
     with session_scope(database_url) as s:
         uri = repo.find_model(s, name, version).uri
     return registry.load(name, version, uri)
@@ -57,14 +60,13 @@ def run_batch(batch_id: int, *, database_url: str, max_attempts: int, predict: P
     (the attempt is not counted) and propagates, so the task retries with backoff.
     """
     started = time.perf_counter()
-    with session_scope(database_url) as s:
+    with session_scope(database_url) as s:  # claim and read in one transaction
         claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts)
+        items = repo.load_pending_items(s, batch_id) if claim is not None else []
     if claim is None:
         log.info("batch %s already finished; nothing written", batch_id)
         return {"batch_id": batch_id, "status": "skipped"}
     try:
-        with session_scope(database_url) as s:
-            items = repo.load_pending_items(s, batch_id)
         try:
             model = load_job_model(database_url, claim.model_name, claim.model_version)
             results, failures = predict(model, items) if items else ([], [])
