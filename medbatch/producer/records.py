@@ -136,6 +136,16 @@ def validate_frame(frame: pd.DataFrame, workload: str) -> tuple[pd.DataFrame, li
     return values, reasons
 
 
+def sniff_delimiter(fh) -> str:
+    """The field separator of a CSV from its first line: ``,`` unless the header is clearly split by
+    ``;`` (spreadsheets in locales with a decimal comma) or a tab. Rewinds ``fh``."""
+    first = fh.readline()
+    fh.seek(0)
+    counts = {d: first.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > counts[","] else ","
+
+
 def _open_text(path: Path):
     try:
         return path.open("r", encoding="utf-8-sig", newline="")
@@ -155,7 +165,7 @@ def read_header(path: Path, workload: str, id_column: str | None = None) -> tupl
     """
     with _open_text(path) as fh:
         try:
-            header = next(csv.reader(fh), None)
+            header = next(csv.reader(fh, delimiter=sniff_delimiter(fh)), None)
         except UnicodeDecodeError:
             raise InvalidInput(f"{path}: not UTF-8 text; save the file as CSV (UTF-8)") from None
         except csv.Error as exc:
@@ -196,7 +206,7 @@ def iter_record_chunks(
     index = {n: i for i, n in enumerate(names)}
     source = str(Path(path).resolve())
     with _open_text(path) as fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(fh, delimiter=sniff_delimiter(fh))
         next(reader)
         start_line = reader.line_num + 1
         rows: list[list[str]] = []

@@ -18,7 +18,14 @@ from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.errors import InvalidInput
 from medbatch.ml.reports import minimum_necessary
-from medbatch.producer.records import CHUNK_ROWS, ID_COLUMNS, MAX_ID_LEN, RecordChunk, normalise_header
+from medbatch.producer.records import (
+    CHUNK_ROWS,
+    ID_COLUMNS,
+    MAX_ID_LEN,
+    RecordChunk,
+    normalise_header,
+    sniff_delimiter,
+)
 
 #: How each workload's result becomes a finding in a report's facts.
 FINDING_NAMES: dict[str, tuple[str, str]] = {
@@ -50,8 +57,8 @@ def iter_fact_chunks(
         raise InvalidInput(f"{path}: cannot read ({type(exc).__name__})") from None
     source = str(Path(path).resolve())
     with fh:
-        reader = csv.reader(fh)
         try:
+            reader = csv.reader(fh, delimiter=sniff_delimiter(fh))
             header = next(reader, None)
         except UnicodeDecodeError:
             raise InvalidInput(f"{path}: not UTF-8 text; save the file as CSV (UTF-8)") from None

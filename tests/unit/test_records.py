@@ -156,3 +156,12 @@ def test_validator_never_crashes_and_accepts_only_in_range_values(rows):
                 assert col.low <= v <= col.high
         else:
             assert all(isinstance(r, str) and r for r in reasons[i])
+
+
+def test_semicolon_and_tab_separated_files_from_spreadsheets(tmp_path):
+    semi = write(tmp_path, "patient_id;age;bmi;exercise_frequency;smoking_history\nP1;54;27,5;3;0\n", name="s.csv")
+    tab = write(tmp_path, "patient_id\tage\tbmi\texercise_frequency\tsmoking_history\nP2\t61\t30\t1\t5\n", name="t.csv")
+    (a,), _ = collect(semi)
+    (b,), _ = collect(tab)
+    assert (a["patient_ref"], a["payload"]["bmi"]) == ("P1", 27.5)
+    assert (b["patient_ref"], b["payload"]["age"]) == ("P2", 61.0)
