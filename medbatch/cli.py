@@ -50,11 +50,7 @@ def _handle(exc: MedbatchError) -> typer.Exit:
     if isinstance(exc, NotFound):
         return _fail(str(exc), EXIT_NOT_FOUND)
     if isinstance(exc, BrokerUnavailable):
-        return _fail(
-            f"{exc}. Is Redis running at {redact_url(get_settings().broker_url)}? "
-            "What was staged is kept; `medbatch resume JOB` sends it later.",
-            EXIT_UNAVAILABLE,
-        )
+        return _fail(f"{exc}. Is Redis running at {redact_url(get_settings().broker_url)}?", EXIT_UNAVAILABLE)
     if isinstance(exc, DatabaseUnavailable):
         return _fail(f"{exc} ({redact_url(get_settings().database_url)})", EXIT_UNAVAILABLE)
     return _fail(str(exc), 1)
@@ -68,10 +64,10 @@ def _db() -> str:
     try:
         upgrade(url)
     except Exception as exc:  # noqa: BLE001 - say what is wrong, not a traceback
-        from medbatch.db.session import is_transient
+        from medbatch.db.session import describe, is_transient
 
         if is_transient(exc):
-            raise _handle(DatabaseUnavailable(f"database unreachable: {type(exc).__name__}")) from None
+            raise _handle(DatabaseUnavailable(f"database unreachable: {describe(exc)}")) from None
         raise
     return url
 
@@ -146,10 +142,15 @@ def _after_submit(summary, url: str, as_json: bool, wait: bool) -> None:
         final = _wait(url, summary.job_id, quiet=as_json)
         if as_json:
             out.print_json(json.dumps({**summary.as_dict(), "final": final}))
+        else:
+            err.print(
+                f"job {final['job_id']} {final['status']}: {final['items_done']} done, {final['items_failed']} failed, "
+                f"{final['rows_rejected']} rows rejected (see `medbatch results {final['job_id']} --errors`)"
+            )
         raise typer.Exit(1 if final["status"] == "failed" else 0)
 
 
-BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Items per batch message [default: 500].")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Items per batch message \\[default: 500].")]
 IdColumn = Annotated[
     str | None, typer.Option(help="Column holding the patient identifier (default: patient_id, mrn...).")
 ]
@@ -359,7 +360,7 @@ def results(
     """Export a job's results (or errors), each row naming its source file, row and patient id."""
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
-    from medbatch.export import FORMATS, write_rows
+    from medbatch.export import ERROR_COLUMNS, FORMATS, RESULT_COLUMNS, write_rows
 
     if fmt not in FORMATS:
         raise _fail(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}", EXIT_INVALID_INPUT)
@@ -370,7 +371,10 @@ def results(
         with session_scope(url) as s:
             repo.get_job(s, job_id)
             rows = repo.iter_errors(s, job_id) if errors else repo.iter_results(s, job_id)
-            n = write_rows(rows, fmt, output)
+            try:
+                n = write_rows(rows, fmt, output, empty_columns=ERROR_COLUMNS if errors else RESULT_COLUMNS)
+            except OSError as exc:
+                raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
         with session_scope(url) as s:
             repo.audit(
                 s,

@@ -11,6 +11,19 @@ from pathlib import Path
 from typing import IO, Any
 
 FORMATS = ("csv", "json", "parquet")
+#: Header of an empty export, so a job with nothing to show still gives a well-formed CSV.
+RESULT_COLUMNS = (
+    "source_file",
+    "source_row",
+    "patient_id",
+    "item_key",
+    "label",
+    "score",
+    "model_name",
+    "model_version",
+    "created_at",
+)
+ERROR_COLUMNS = ("source_file", "source_row", "patient_id", "stage", "reason", "created_at")
 _FORMULA_START = ("=", "+", "@", "\t", "\r")
 
 
@@ -45,7 +58,9 @@ def flatten(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_rows(rows: Iterable[dict[str, Any]], fmt: str, output: Path | None) -> int:
+def write_rows(
+    rows: Iterable[dict[str, Any]], fmt: str, output: Path | None, *, empty_columns: Iterable[str] = ()
+) -> int:
     """Write ``rows`` in ``fmt`` to ``output`` (standard output when None). Returns the row count."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
@@ -53,7 +68,7 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, output: Path | None) ->
         return _write_parquet(rows, output)
     fh: IO[str] = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     try:
-        return _write_csv(rows, fh) if fmt == "csv" else _write_jsonl(rows, fh)
+        return _write_csv(rows, fh, tuple(empty_columns)) if fmt == "csv" else _write_jsonl(rows, fh)
     finally:
         if output:
             fh.close()
@@ -67,10 +82,12 @@ def _write_jsonl(rows: Iterable[dict[str, Any]], fh: IO[str]) -> int:
     return n
 
 
-def _write_csv(rows: Iterable[dict[str, Any]], fh: IO[str]) -> int:
+def _write_csv(rows: Iterable[dict[str, Any]], fh: IO[str], empty_columns: tuple[str, ...] = ()) -> int:
     it: Iterator[dict[str, Any]] = (flatten(r) for r in rows)
     first = next(it, None)
     if first is None:
+        if empty_columns:
+            csv.writer(fh).writerow(empty_columns)
         return 0
     writer = csv.DictWriter(fh, fieldnames=list(first), extrasaction="ignore")
     writer.writeheader()

@@ -562,7 +562,10 @@ def label_counts(session: Session, job_id: int) -> dict[str, int]:
 
 
 def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Iterator[dict[str, Any]]:
-    """Every result of a job with its source file, row and patient identifier, in input order."""
+    """Every result of a job with its source file, row and patient identifier, in input order.
+
+    Report jobs also carry the report itself (text, review flag, provider accounting).
+    """
     stmt = (
         select(
             Item.source_uri,
@@ -575,14 +578,21 @@ def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Itera
             Result.model_version,
             Result.detail,
             Result.created_at,
+            Report.text,
+            Report.requires_review,
+            Report.tokens_in,
+            Report.tokens_out,
+            Report.cost_usd,
+            Report.finish_reason,
         )
         .join(Result, Result.item_id == Item.id)
+        .outerjoin(Report, Report.item_id == Item.id)
         .where(Item.job_id == job_id)
         .order_by(Item.id)
         .execution_options(yield_per=chunk)
     )
     for row in session.execute(stmt):
-        yield {
+        out = {
             "source_file": row.source_uri,
             "source_row": row.source_row,
             "patient_id": row.patient_ref,
@@ -594,6 +604,16 @@ def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Itera
             "detail": row.detail,
             "created_at": row.created_at.isoformat() if row.created_at else None,
         }
+        if row.text is not None:
+            out.update(
+                requires_review=row.requires_review,
+                report_text=row.text,
+                tokens_in=row.tokens_in,
+                tokens_out=row.tokens_out,
+                cost_usd=row.cost_usd,
+                finish_reason=row.finish_reason,
+            )
+        yield out
 
 
 def tokens_spent(session: Session, job_id: int) -> int:
@@ -657,6 +677,14 @@ def iter_errors(session: Session, job_id: int) -> Iterator[dict[str, Any]]:
             "reason": err.reason,
             "created_at": err.created_at.isoformat() if err.created_at else None,
         }
+
+
+def count_batches(session: Session, job_id: int, *, exclude_status: str | None = None) -> int:
+    """How many batches the job has (optionally not counting those in one state)."""
+    stmt = select(func.count()).select_from(Batch).where(Batch.job_id == job_id)
+    if exclude_status:
+        stmt = stmt.where(Batch.status != exclude_status)
+    return int(session.scalar(stmt))
 
 
 def unfinished_batches(session: Session, job_id: int) -> list[tuple[int, str]]:

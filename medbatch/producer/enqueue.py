@@ -156,9 +156,10 @@ def stage_job(
     log.info("job %s: staging %s input (model %s %s)", job_id, workload, model[0], model[1])
     pending: list[dict] = []
     seq = 0
+    broker_error: BrokerUnavailable | None = None
 
     def flush(items: list[dict], rejected: list[dict]) -> None:
-        nonlocal seq
+        nonlocal seq, broker_error
         new_batches: list[tuple[int, str]] = []
         with session_scope(database_url) as s:
             for start in range(0, len(items), batch_size):
@@ -171,8 +172,13 @@ def stage_job(
             repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
         summary.batches += len(new_batches)
         summary.items_staged += len(items)
-        if send is not None:
-            summary.batches_sent += send_batches(send, database_url, new_batches, route.task)
+        if send is not None and broker_error is None:
+            try:
+                summary.batches_sent += send_batches(send, database_url, new_batches, route.task)
+            except BrokerUnavailable as exc:
+                # Keep staging the whole file: the database holds it, `resume` (or the reconciler) sends it.
+                broker_error = exc
+                summary.batches_sent = _count_sent(database_url, job_id)
 
     try:
         for chunk in chunks:
@@ -190,6 +196,12 @@ def stage_job(
         raise
     with session_scope(database_url) as s:
         repo.finish_staging(s, job_id)
+    if broker_error is not None:
+        raise BrokerUnavailable(
+            f"job {job_id}: all {summary.items_staged} items are staged, but {summary.batches - summary.batches_sent} "
+            f"of {summary.batches} batches could not be sent ({broker_error}); when the broker is back run "
+            f"`medbatch resume {job_id}` (the reconciler also re-sends them after MEDBATCH_RECONCILE_AFTER_S)"
+        )
     if summary.items_staged == 0:
         summary.warnings.append("no valid rows: nothing was queued")
     log.info(
@@ -200,6 +212,11 @@ def stage_job(
         summary.rows_rejected,
     )
     return summary
+
+
+def _count_sent(database_url: str, job_id: int) -> int:
+    with session_scope(database_url) as s:
+        return repo.count_batches(s, job_id, exclude_status="pending")
 
 
 def submit_records(

@@ -105,6 +105,7 @@ def validate_frame(frame: pd.DataFrame, workload: str) -> tuple[pd.DataFrame, li
     for col in SCHEMAS[workload]:
         raw = frame[col.name].astype("string").fillna("").str.strip()
         blank = (raw == "").to_numpy()
+        ambiguous = np.zeros(len(raw), dtype=bool)
         if col.kind == "flag":
             low = raw.str.lower()
             parsed = pd.Series(np.where(low.isin(_TRUE), 1.0, np.where(low.isin(_FALSE), 0.0, np.nan)), index=raw.index)
@@ -112,10 +113,17 @@ def validate_frame(frame: pd.DataFrame, workload: str) -> tuple[pd.DataFrame, li
             text = raw
             if col.name == "blood_pressure":
                 text = raw.str.replace(_BP, r"\1", regex=True)
+            # "27,5" is a decimal comma; "1,000" could be a thousands separator: refuse to guess.
+            ambiguous = text.str.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+").fillna(False).to_numpy(dtype=bool)
             parsed = pd.to_numeric(text.str.replace(",", ".", regex=False).where(~blank), errors="coerce")
-            parsed = parsed.astype("float64")
+            parsed = parsed.astype("float64").where(~ambiguous)
         arr = parsed.to_numpy(dtype="float64", na_value=np.nan)
-        unparsable = np.isnan(arr) & ~blank
+        unparsable = np.isnan(arr) & ~blank & ~ambiguous
+        for i in np.flatnonzero(ambiguous):
+            reasons[i].append(
+                f"{col.name} {raw.iat[i][:40]!r} is ambiguous (thousands separator or decimal comma?): "
+                "write it without the comma, or with a decimal point"
+            )
         nonfinite = np.isinf(arr)
         finite = np.isfinite(arr)
         out_of_range = finite & ((arr < col.low) | (arr > col.high))
@@ -127,7 +135,8 @@ def validate_frame(frame: pd.DataFrame, workload: str) -> tuple[pd.DataFrame, li
             reasons[i].append(f"{col.name} {shown!r} is not {expect}")
         for i in np.flatnonzero(out_of_range):
             msg = (
-                f"{col.name} {_fmt(arr[i])} is outside the plausible range {_fmt(col.low)}-{_fmt(col.high)} {col.unit}"
+                f"{col.name} {raw.iat[i][:40]} is outside the plausible range {_fmt(col.low)}-{_fmt(col.high)} "
+                f"{col.unit}"
             )
             if col.hint_below and arr[i] < col.hint_below[0]:
                 msg += f" ({col.hint_below[1]})"
@@ -144,6 +153,16 @@ def sniff_delimiter(fh) -> str:
     counts = {d: first.count(d) for d in (",", ";", "\t")}
     best = max(counts, key=counts.get)
     return best if counts[best] > counts[","] else ","
+
+
+def _binary_hint(path: Path) -> str:
+    with Path(path).open("rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK\x03\x04"):
+        return "this is an Excel workbook (.xlsx) or another zip file, not CSV; "
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        return "this is an old Excel workbook (.xls), not CSV; "
+    return "not UTF-8 text; "
 
 
 def _open_text(path: Path):
@@ -167,7 +186,7 @@ def read_header(path: Path, workload: str, id_column: str | None = None) -> tupl
         try:
             header = next(csv.reader(fh, delimiter=sniff_delimiter(fh)), None)
         except UnicodeDecodeError:
-            raise InvalidInput(f"{path}: not UTF-8 text; save the file as CSV (UTF-8)") from None
+            raise InvalidInput(f"{path}: {_binary_hint(path)}save the file as CSV (UTF-8)") from None
         except csv.Error as exc:
             raise InvalidInput(f"{path}: unreadable CSV header ({exc})") from None
     if not header or all(not h.strip() for h in header):

@@ -22,6 +22,7 @@ from medbatch.producer.records import (
     CHUNK_ROWS,
     ID_COLUMNS,
     MAX_ID_LEN,
+    SCHEMAS,
     RecordChunk,
     normalise_header,
     sniff_delimiter,
@@ -33,6 +34,28 @@ FINDING_NAMES: dict[str, tuple[str, str]] = {
     "treatment": ("treatment_plan", "treatment_probability"),
     "xray": ("xray_label", "xray_probability"),
 }
+
+
+#: Numeric facts checked against the same plausible ranges as the tabular workloads.
+NUMERIC_FACTS = {c.name: c for cols in SCHEMAS.values() for c in cols if c.kind == "number"}
+
+
+def fact_problems(record: dict[str, Any]) -> list[str]:
+    """Reasons a row's numeric facts cannot go into a report (not a number, or implausible)."""
+    problems = []
+    for name, col in NUMERIC_FACTS.items():
+        raw = str(record.get(name) or "").strip()
+        if not raw:
+            continue
+        text = raw.split("/")[0] if name == "blood_pressure" else raw
+        try:
+            value = float(text.replace(",", "."))
+        except ValueError:
+            problems.append(f"{name} {raw[:40]!r} is not a number in {col.unit}")
+            continue
+        if not (col.low <= value <= col.high):
+            problems.append(f"{name} {raw[:40]} is outside the plausible range {col.low:g}-{col.high:g} {col.unit}")
+    return problems
 
 
 def _facts_payload(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -79,6 +102,10 @@ def iter_fact_chunks(
             if len(row) != len(names):
                 reason = f"row has {len(row)} fields but the header has {len(names)}"
                 chunk.rejected.append({"source_uri": source, "source_row": start, "patient_ref": pid, "reason": reason})
+            elif problems := fact_problems(record):
+                chunk.rejected.append(
+                    {"source_uri": source, "source_row": start, "patient_ref": pid, "reason": "; ".join(problems)}
+                )
             else:
                 payload = _facts_payload({k: v for k, v in record.items() if v != ""})
                 if payload is None:

@@ -69,4 +69,11 @@ def check_worker(app: Celery, broker_url: str, *, hostname: str, queues: list[st
     if sum(waiting.values()) and idle_s > stall_s:
         queued = ", ".join(f"{n} on {q}" for q, n in waiting.items() if n)
         return Health(False, f"{hostname} answers pings but finished no task for {idle_s:.0f}s with {queued} waiting")
+    try:
+        active = (app.control.inspect([hostname], timeout=5.0).active_queues() or {}).get(hostname) or []
+    except Exception as exc:  # noqa: BLE001
+        return Health(False, f"cannot ask {hostname} for its queues: {type(exc).__name__}")
+    missing = sorted(set(queues) - {q.get("name") for q in active})
+    if missing:
+        return Health(False, f"{hostname} is not consuming {', '.join(missing)}")
     return Health(True, f"{hostname} ok: {sum(waiting.values())} waiting, last progress {idle_s:.0f}s ago")

@@ -47,4 +47,7 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     reports = list(csv.DictReader(results["report"].open()))
     assert len(reports) == 20 and {r["label"] for r in reports} == {"draft_requires_review"}
     assert all(r["model_name"] == "offline:offline-template" for r in reports)
+    assert all(
+        r["report_text"].startswith("OFFLINE TEMPLATE DRAFT") and r["requires_review"] == "True" for r in reports
+    )
     assert not redis_reachable(broker, 0.5)

@@ -134,7 +134,7 @@ def test_tampered_model_fails_items_with_reason_never_a_result(db_url, tmp_path)
 
 
 def test_broker_down_at_submit_keeps_work_for_resume(db_url, redis_url, sender, start_worker, tmp_path):
-    # Given a broker that refuses the first sends
+    # Given a broker that refuses every send
     from medbatch.errors import BrokerUnavailable
     from medbatch.producer.enqueue import resume_job
 
@@ -142,21 +142,19 @@ def test_broker_down_at_submit_keeps_work_for_resume(db_url, redis_url, sender, 
         raise BrokerUnavailable("connection refused")
 
     path = write_patients(tmp_path / "r.csv", "risk", 250, seed=4)
-    with pytest.raises(BrokerUnavailable):
+    with pytest.raises(BrokerUnavailable, match=r"all 250 items are staged.*3 of 3 batches could not be sent"):
         submit_records(path, "risk", database_url=db_url, send=dead_broker, batch_size=100)
     with session_scope(db_url) as s:
         job_id = s.scalar(select(func.max(Batch.job_id)))
         staged = s.scalar(select(func.count()).select_from(Item).where(Item.job_id == job_id))
-    assert staged >= 100  # the first committed batches are kept, not lost
+        status = repo.get_job(s, job_id).status
+    assert staged == 250 and status == "queued"  # the whole file is kept, and the job is not stuck staging
     # When the broker is back and the job is resumed
     start_worker("tabular")
-    sent = resume_job(job_id, database_url=db_url, send=sender)
-    # Then every staged batch is processed
-    assert sent >= 1
-    with session_scope(db_url) as s:
-        repo.finish_staging(s, job_id)
+    assert resume_job(job_id, database_url=db_url, send=sender) == 3
+    # Then every staged item is processed
     counts = wait_for_job(db_url, job_id)
-    assert counts["items_done"] == staged
+    assert counts["items_done"] == 250 and counts["status"] == "completed"
 
 
 def test_export_formats_carry_source_and_patient(db_url, tmp_path):

@@ -16,7 +16,7 @@ from tests.conftest import wait_for_job
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
 
-def check(env: dict, hostname: str, stall_s: int) -> subprocess.CompletedProcess:
+def check(env: dict, hostname: str, stall_s: int, queues: str = "tabular") -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
@@ -27,7 +27,7 @@ def check(env: dict, hostname: str, stall_s: int) -> subprocess.CompletedProcess
             "-n",
             hostname,
             "-Q",
-            "tabular",
+            queues,
             "--stall-s",
             str(stall_s),
         ],
@@ -58,6 +58,8 @@ def test_check_fails_when_work_waits_and_the_worker_stopped_consuming(
     celery_app.control.add_consumer("tabular", destination=[worker.name], reply=True)
     assert wait_for_job(db_url, job.job_id)["items_done"] == 200
     assert check(service_env, worker.name, stall_s=2).returncode == 0
+    wrong = check(service_env, worker.name, stall_s=2, queues="tabular,reports")
+    assert wrong.returncode == 1 and "is not consuming reports" in wrong.stderr
 
 
 def test_check_fails_for_a_worker_that_is_gone(service_env):

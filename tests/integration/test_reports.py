@@ -227,3 +227,17 @@ def test_provider_still_failing_after_every_attempt_becomes_an_item_error(db_url
     assert len(slept) == 2 and slept[1] > slept[0]  # exponential backoff between the three tries
     assert "provider unavailable after 3 attempts" in errors[0]["reason"]
     assert counts["status"] == "completed_with_errors"
+
+
+@sqlite_only
+def test_report_facts_that_are_not_plausible_numbers_are_rejected(db_url, tmp_path):
+    path = tmp_path / "facts.csv"
+    path.write_text("patient_id,age,bmi,conditions\nA,abc,xx,asthma\nB,54,400,none\nC,61,27.5,asthma\n")
+    summary = submit_reports(
+        database_url=db_url, send=lambda *a: None, provider="offline", llm_model="", path=path, batch_size=5
+    )
+    with session_scope(db_url) as s:
+        reasons = {e["patient_id"]: e["reason"] for e in repo.iter_errors(s, summary.job_id)}
+    assert summary.items_staged == 1
+    assert "age 'abc' is not a number" in reasons["A"] and "bmi 'xx' is not a number" in reasons["A"]
+    assert "bmi 400 is outside the plausible range" in reasons["B"]

@@ -165,3 +165,18 @@ def test_semicolon_and_tab_separated_files_from_spreadsheets(tmp_path):
     (b,), _ = collect(tab)
     assert (a["patient_ref"], a["payload"]["bmi"]) == ("P1", 27.5)
     assert (b["patient_ref"], b["payload"]["age"]) == ("P2", 61.0)
+
+
+def test_thousands_separator_is_refused_not_guessed(tmp_path):
+    items, rejected = collect(write(tmp_path, f'{HEADER}\nP1,54,27,3,"1,000"\nP2,"1,200",27,3,0\nP3,54,"27,5",3,0\n'))
+    reasons = {r["source_row"]: r["reason"] for r in rejected}
+    assert "smoking_history '1,000' is ambiguous" in reasons[2]
+    assert "age '1,200' is ambiguous" in reasons[3]
+    assert [(i["patient_ref"], i["payload"]["bmi"]) for i in items] == [("P3", 27.5)]
+
+
+def test_excel_workbook_is_named(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    with pytest.raises(InvalidInput, match="Excel workbook"):
+        read_header(path, "risk")
