@@ -76,7 +76,8 @@ def _sender():
     from medbatch.producer.enqueue import celery_sender
     from medbatch.worker.app import create_app
 
-    return celery_sender(create_app(get_settings()))
+    settings = get_settings()
+    return celery_sender(create_app(settings), settings.database_url)
 
 
 # --------------------------------------------------------------------------- submit

@@ -48,7 +48,7 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
         app = create_app(settings)
         wait_until_ready(app, worker, timeout_s=120)
 
-        send = celery_sender(app)
+        send = celery_sender(app, settings.database_url)
         jobs = []
         for workload in ("risk", "treatment"):
             path = write_patients(workdir / f"{workload}_patients.csv", workload, patients, seed=7, bad_fraction=0.01)

@@ -22,6 +22,13 @@ class DatabaseUnavailable(RetryableError):
     """The SQL database could not be reached or dropped the connection."""
 
 
+class WrongDatabase(RetryableError):
+    """A message staged in another database reached a worker configured for this one (misconfiguration).
+
+    Retried, so another worker (the right one) can take it; never processed here.
+    """
+
+
 class RateLimited(RetryableError):
     """An outside service asked us to slow down."""
 

@@ -135,10 +135,10 @@ def celery_app(redis_url: str, db_url: str):
 
 
 @pytest.fixture
-def sender(celery_app):
+def sender(celery_app, db_url):
     from medbatch.producer.enqueue import celery_sender
 
-    return celery_sender(celery_app)
+    return celery_sender(celery_app, db_url)
 
 
 @pytest.fixture

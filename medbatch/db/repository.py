@@ -23,6 +23,7 @@ from medbatch.db.tables import (
     AuditEvent,
     Batch,
     BatchStatus,
+    Instance,
     Item,
     ItemError,
     ItemStatus,
@@ -33,7 +34,7 @@ from medbatch.db.tables import (
     Result,
     utcnow,
 )
-from medbatch.errors import NotFound
+from medbatch.errors import NotFound, WrongDatabase
 
 #: Rows per INSERT statement when COPY is not available.
 INSERT_CHUNK = 5_000
@@ -702,6 +703,31 @@ def unfinished_batches(session: Session, job_id: int) -> list[tuple[int, str]]:
 def list_jobs(session: Session, limit: int = 20) -> list[Job]:
     """The most recent jobs first."""
     return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+
+# --------------------------------------------------------------------------- identity
+
+_instance_ids: dict[str, str] = {}
+
+
+def instance_id(session: Session, *, fresh: bool = False) -> str:
+    """This database's identity (cached per database URL and process unless ``fresh``)."""
+    url = str(session.get_bind().url)
+    if fresh or url not in _instance_ids:
+        _instance_ids[url] = session.scalar(select(Instance.id))
+    return _instance_ids[url]
+
+
+def check_instance(session: Session, expected: str | None) -> None:
+    """Refuse work staged in another database. ``expected`` is None for messages that carry no identity.
+
+    A mismatch is confirmed against a fresh read first (the database may have been re-created).
+    """
+    if expected is not None and expected != instance_id(session) and expected != instance_id(session, fresh=True):
+        raise WrongDatabase(
+            f"message is for database {expected}, this worker uses {instance_id(session)}: "
+            "check MEDBATCH_DATABASE_URL of the workers sharing this broker"
+        )
 
 
 # --------------------------------------------------------------------------- audit

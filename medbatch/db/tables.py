@@ -205,3 +205,13 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32), index=True)  # submit | resume | reconcile | export | train
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Instance(Base):
+    """This database's identity, written once by the migrations. Messages carry it, so a worker pointed
+    at another database refuses them instead of mistaking their batch IDs for its own."""
+
+    __tablename__ = "medbatch_instance"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -52,7 +52,9 @@ def release_claim(database_url: str, batch_id: int, reason: str) -> None:
         log.warning("batch %s: could not release the claim (%s)", batch_id, reason)
 
 
-def run_batch(batch_id: int, *, database_url: str, max_attempts: int, predict: Predict) -> dict[str, Any]:
+def run_batch(
+    batch_id: int, *, database_url: str, max_attempts: int, predict: Predict, expected_db: str | None = None
+) -> dict[str, Any]:
     """Claim ``batch_id``, predict its pending items with the job's model, write every outcome at once.
 
     A :class:`PermanentError` (no model, tampered artifact) fails every item of the batch with the
@@ -61,6 +63,7 @@ def run_batch(batch_id: int, *, database_url: str, max_attempts: int, predict: P
     """
     started = time.perf_counter()
     with session_scope(database_url) as s:  # claim and read in one transaction
+        repo.check_instance(s, expected_db)
         claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts)
         items = repo.load_pending_items(s, batch_id) if claim is not None else []
     if claim is None:

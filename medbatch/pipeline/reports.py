@@ -96,6 +96,7 @@ def generate_batch(
     policy: CallPolicy,
     estimate_tokens: int = 1200,
     sleep: Callable[[float], None] = time.sleep,
+    expected_db: str | None = None,
 ) -> dict[str, Any]:
     """Draft a report for each pending item of ``batch_id`` with ``provider`` and persist each one.
 
@@ -107,6 +108,7 @@ def generate_batch(
         A small summary: batch id, status, reports written, failures.
     """
     with session_scope(database_url) as s:
+        repo.check_instance(s, expected_db)
         claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts)
     if claim is None:
         return {"batch_id": batch_id, "status": "skipped"}
@@ -178,7 +180,9 @@ def _job_provider(job: Any, provider_for: Callable[[str, str], Any]) -> Any:
     return provider_for(job.model_name, (job.options or {}).get("llm_model", ""))
 
 
-def submit_provider_batch(job_id: int, *, database_url: str, provider_for: Callable[[str, str], Any]) -> dict[str, Any]:
+def submit_provider_batch(
+    job_id: int, *, database_url: str, provider_for: Callable[[str, str], Any], expected_db: str | None = None
+) -> dict[str, Any]:
     """Send every pending item of a job to the provider's Batch API as one JSONL upload.
 
     Idempotent: a job that already has a provider batch is not sent again (it would be paid twice).
@@ -187,6 +191,7 @@ def submit_provider_batch(job_id: int, *, database_url: str, provider_for: Calla
         ``{"job_id", "provider_batch_id", "submitted": bool}``.
     """
     with session_scope(database_url) as s:
+        repo.check_instance(s, expected_db)
         job = repo.get_job(s, job_id)
         existing = (job.options or {}).get("provider_batch", {}).get("id")
         if existing:
@@ -208,13 +213,16 @@ def submit_provider_batch(job_id: int, *, database_url: str, provider_for: Calla
     return {"job_id": job_id, "provider_batch_id": batch_id, "submitted": True}
 
 
-def poll_provider_batch(job_id: int, *, database_url: str, provider_for: Callable[[str, str], Any]) -> dict[str, Any]:
+def poll_provider_batch(
+    job_id: int, *, database_url: str, provider_for: Callable[[str, str], Any], expected_db: str | None = None
+) -> dict[str, Any]:
     """Check the job's provider batch; when it has ended, ingest every result and error by ``custom_id``.
 
     Returns:
         ``{"job_id", "status", "done": bool}``; ``done`` means nothing is left to poll for.
     """
     with session_scope(database_url) as s:
+        repo.check_instance(s, expected_db)
         job = repo.get_job(s, job_id)
         info = dict((job.options or {}).get("provider_batch") or {})
         provider = _job_provider(job, provider_for)

@@ -50,7 +50,9 @@ def predict_items(model: Any, items: list) -> tuple[list[dict], list[dict]]:
     return results, failures
 
 
-def score_batch(batch_id: int, *, database_url: str, max_attempts: int) -> dict[str, Any]:
+def score_batch(
+    batch_id: int, *, database_url: str, max_attempts: int, expected_db: str | None = None
+) -> dict[str, Any]:
     """Score a risk or treatment batch and persist the outcome.
 
     Idempotent: a batch that is already done writes nothing and returns ``status="skipped"``.
@@ -58,4 +60,6 @@ def score_batch(batch_id: int, *, database_url: str, max_attempts: int) -> dict[
     Returns:
         A small summary: batch id, status, counts of results and failures.
     """
-    return run_batch(batch_id, database_url=database_url, max_attempts=max_attempts, predict=predict_items)
+    return run_batch(
+        batch_id, database_url=database_url, max_attempts=max_attempts, predict=predict_items, expected_db=expected_db
+    )

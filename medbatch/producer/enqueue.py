@@ -46,12 +46,23 @@ class SubmitSummary:
         return asdict(self)
 
 
-def celery_sender(app) -> Send:
-    """A :data:`Send` that publishes through a Celery app, with the ID alone shown in Flower."""
+def celery_sender(app, database_url: str | None = None) -> Send:
+    """A :data:`Send` that publishes through a Celery app, with the ID alone shown in Flower.
+
+    With ``database_url``, each message also carries that database's identity, so a worker configured
+    for another database refuses it instead of mistaking the batch ID for one of its own.
+    """
+    db: str | None = None
+    if database_url is not None:
+        with session_scope(database_url) as s:
+            db = repo.instance_id(s, fresh=True)
+    kwargs = {"db": db} if db else {}
 
     def send(task: str, queue: str, batch_id: int) -> None:
         try:
-            app.send_task(task, args=[batch_id], queue=queue, argsrepr=f"[{batch_id}]", kwargsrepr="{}")
+            app.send_task(
+                task, args=[batch_id], kwargs=kwargs, queue=queue, argsrepr=f"[{batch_id}]", kwargsrepr=repr(kwargs)
+            )
         except Exception as exc:  # kombu raises several types for a dead broker
             raise BrokerUnavailable(f"could not send batch {batch_id}: {type(exc).__name__}") from exc
 

@@ -1,0 +1,33 @@
+"""Celery adapters. Shared behaviour of every task lives here."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+from celery.exceptions import Reject
+
+from medbatch.errors import WrongDatabase
+
+log = logging.getLogger("medbatch.tasks")
+
+#: Pause before handing back a message meant for another database, so a misconfigured worker does
+#: not spin on it while the right worker is busy.
+FOREIGN_REQUEUE_DELAY_S = 1.0
+
+
+def refuses_foreign(fn):
+    """Hand a message staged in another database back to the queue (never retry it here with an ETA:
+    Celery keeps ETA messages in the same worker's memory, so the right worker would never see it)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except WrongDatabase as exc:
+            log.error("%s; message handed back to the queue", exc)
+            time.sleep(FOREIGN_REQUEUE_DELAY_S)
+            raise Reject(str(exc), requeue=True) from exc
+
+    return wrapper

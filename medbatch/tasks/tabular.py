@@ -3,20 +3,22 @@
 from celery import shared_task
 
 from medbatch.config import get_settings
-from medbatch.errors import PermanentError
+from medbatch.errors import PermanentError, WrongDatabase
 from medbatch.pipeline import tabular
+from medbatch.tasks import refuses_foreign
 
 
 @shared_task(
     name="medbatch.tabular.score_batch",
     bind=True,
     autoretry_for=(Exception,),
-    dont_autoretry_for=(PermanentError,),
+    dont_autoretry_for=(PermanentError, WrongDatabase),
     retry_backoff=2,
     retry_backoff_max=600,
     retry_jitter=True,
     max_retries=20,
 )
-def score_batch(self, batch_id: int) -> dict:
-    settings = get_settings()
-    return tabular.score_batch(batch_id, database_url=settings.database_url, max_attempts=settings.max_attempts)
+@refuses_foreign
+def score_batch(self, batch_id: int, db: str | None = None) -> dict:
+    s = get_settings()
+    return tabular.score_batch(batch_id, database_url=s.database_url, max_attempts=s.max_attempts, expected_db=db)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 
 import pytest
 from sqlalchemy import func, select, update
@@ -223,3 +224,35 @@ def test_transient_failure_hands_the_batch_back_without_counting(db_url, tmp_pat
         assert (batch.status, batch.attempts, batch.error) == ("queued", 0, "connection reset")
     monkeypatch.undo()
     assert score_batch(batch_id, database_url=db_url, max_attempts=3)["results"] == 10
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_worker_on_another_database_refuses_the_message(db_url, celery_app, start_worker, tmp_path):
+    """Two deployments sharing a broker by mistake: batch IDs collide, but no worker takes another's work."""
+    from medbatch.producer.enqueue import celery_sender
+    from tests.conftest import _fresh_schema
+
+    # Given a worker on database A, where batch 1 is already done
+    start_worker("tabular")
+    send_a = celery_sender(celery_app, db_url)
+    wait_for_job(
+        db_url,
+        submit_records(
+            write_patients(tmp_path / "a.csv", "risk", 20), "risk", database_url=db_url, send=send_a, batch_size=50
+        ).job_id,
+    )
+    # When a job is staged in database B (its batch 1 too) and sent through the same broker
+    other = _fresh_schema(f"sqlite:///{tmp_path / 'b.db'}")
+    job_b = submit_records(
+        write_patients(tmp_path / "b.csv", "risk", 30, seed=3),
+        "risk",
+        database_url=other,
+        send=celery_sender(celery_app, other),
+        batch_size=50,
+    )
+    time.sleep(3)
+    # Then worker A refuses it (it does not mark B's batch 1 as its own), and a worker on B completes it
+    with session_scope(other) as s:
+        assert repo.job_counts(s, job_b.job_id)["items_done"] == 0
+    start_worker("tabular", env={"MEDBATCH_DATABASE_URL": other})
+    assert wait_for_job(other, job_b.job_id, timeout_s=120)["items_done"] == 30

@@ -130,8 +130,8 @@ def test_redis_loses_its_data_mid_job_and_the_reconciler_recovers(db_url, privat
     try:
         wait_until_ready(app, workers[0], timeout_s=90)
         path = write_patients(tmp_path / "big.csv", "risk", 60_000, seed=3)
-        summary = submit_records(path, "risk", database_url=db_url, send=celery_sender(app), batch_size=2_000)
-        assert reconcile(database_url=db_url, send=celery_sender(app), older_than_s=3600) == {}  # not stuck yet
+        summary = submit_records(path, "risk", database_url=db_url, send=celery_sender(app, db_url), batch_size=2_000)
+        assert reconcile(database_url=db_url, send=celery_sender(app, db_url), older_than_s=3600) == {}  # not stuck yet
         deadline = time.monotonic() + 60
         while _results(db_url, summary.job_id) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -142,13 +142,13 @@ def test_redis_loses_its_data_mid_job_and_the_reconciler_recovers(db_url, privat
         # When a fresh worker joins (as a restart policy would start one) and the reconciler runs
         workers.append(start_worker("tabular", env=env, log_path=tmp_path / "w2.log"))
         wait_until_ready(app, workers[1], timeout_s=90)
-        sent = reconcile(database_url=db_url, send=celery_sender(app), older_than_s=0)
+        sent = reconcile(database_url=db_url, send=celery_sender(app, db_url), older_than_s=0)
         # Then the lost batches are re-sent and every item ends with exactly one result
         assert sent and sent[summary.job_id] >= 1
         counts = wait_for_job(db_url, summary.job_id, timeout_s=120)
         assert counts["status"] == "completed"
         assert _results(db_url, summary.job_id) == summary.items_staged == 60_000
-        assert reconcile(database_url=db_url, send=celery_sender(app), older_than_s=0) == {}
+        assert reconcile(database_url=db_url, send=celery_sender(app, db_url), older_than_s=0) == {}
     finally:
         for w in workers:
             w.stop(timeout_s=10)

@@ -35,7 +35,9 @@ def test_broker_messages_carry_batch_ids_and_no_patient_field(redis_url, db_url,
         assert envelope["content-type"] == "application/json"
         body = json.loads(base64.b64decode(envelope["body"]))
         args, kwargs, _embed = body
-        assert len(args) == 1 and isinstance(args[0], int) and kwargs == {}
+        assert (
+            len(args) == 1 and isinstance(args[0], int) and set(kwargs) == {"db"} and len(kwargs["db"]) == 36
+        )  # the database's identity (a UUID)
         assert envelope["headers"]["argsrepr"] == f"[{args[0]}]"
         text = message.decode() + base64.b64decode(envelope["body"]).decode()
         for secret in ("MRN-4471902", "MRN-4471903", "Jane", "555-01", "27.5", "31.2", '"age"', '"bmi"', "p.csv"):
