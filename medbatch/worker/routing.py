@@ -18,6 +18,8 @@ WORKLOADS: dict[str, Route] = {
     "risk": Route("medbatch.tabular.score_batch", "tabular"),
     "treatment": Route("medbatch.tabular.score_batch", "tabular"),
     "report": Route("medbatch.reports.generate_batch", "reports"),
+    "xray": Route("medbatch.imaging.classify_batch", "imaging"),
+    "molecules": Route("medbatch.molecules.generate_batch", "molecules"),
 }
 #: Job-level tasks (not one per batch), each on its workload's queue.
 JOB_TASKS: dict[str, Route] = {
