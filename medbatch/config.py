@@ -70,6 +70,22 @@ class Settings(BaseSettings):
     report_batch_size: int = Field(5, ge=1, le=1000, description="reports per message (small: calls are slow)")
     report_poll_interval_s: float = Field(60.0, gt=0, description="Batch API polling interval (overnight mode)")
 
+    # Imaging (X-ray) workload.
+    imaging_batch_size: int = Field(64, ge=1, le=10_000, description="images per message")
+    imaging_predict_batch: int = Field(32, ge=1, le=1024, description="images per compiled model call")
+    imaging_decode_threads: int = Field(4, ge=1, le=64, description="threads decoding images in a worker")
+    imaging_max_pixels: int = Field(134_217_728, ge=1, description="largest image decoded, pixels per frame")
+    imaging_max_file_mb: int = Field(512, ge=1, description="largest image file read, MiB")
+    imaging_modalities: str = Field("CR,DX,DR,RG", description="DICOM modalities accepted as radiographs")
+    # Guard against slow memory growth in long-lived pool children (TensorFlow, image decoders).
+    worker_max_memory_per_child_mb: int = Field(
+        6144, ge=0, description="replace a pool child after a task leaves it above this RSS; 0 = never"
+    )
+
+    def modality_list(self) -> tuple[str, ...]:
+        """:attr:`imaging_modalities` as upper-case codes."""
+        return tuple(m.strip().upper() for m in self.imaging_modalities.split(",") if m.strip())
+
     def resolved_llm_provider(self) -> str:
         """``openai`` when chosen, or when ``auto`` and an API key is set; ``offline`` otherwise."""
         if self.llm_provider == "auto":

@@ -25,6 +25,7 @@ BUILTIN_PREFIX = "builtin:"
 LOADERS: dict[str, str] = {
     "risk": "medbatch.ml.tabular:load_model",
     "treatment": "medbatch.ml.tabular:load_model",
+    "xray": "medbatch.ml.xray:load_model",
 }
 
 #: The shipped artifact for each model name, used when the registry has none yet.

@@ -12,7 +12,12 @@ from kombu import Queue
 from medbatch.config import Settings, get_settings
 from medbatch.worker.routing import QUEUES, task_routes
 
-TASK_MODULES = ["medbatch.tasks.tabular", "medbatch.tasks.reports", "medbatch.tasks.maintenance"]
+TASK_MODULES = [
+    "medbatch.tasks.tabular",
+    "medbatch.tasks.reports",
+    "medbatch.tasks.maintenance",
+    "medbatch.tasks.imaging",
+]
 
 
 def celery_config(settings: Settings) -> dict:
@@ -31,6 +36,8 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A pool child above this resident size after a task is replaced (KiB; None = never).
+        "worker_max_memory_per_child": settings.worker_max_memory_per_child_mb * 1024 or None,
         # Redis re-delivers an unacked message after this long. It must exceed the slowest batch;
         # re-delivery is harmless because every write is idempotent. See docs/design.md.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},

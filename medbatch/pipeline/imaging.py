@@ -1,0 +1,180 @@
+"""Classify one batch of radiographs: decode in parallel, predict in compiled batches, explain the positives.
+
+Every image is checked against the content hash it was submitted with, decoded (PNG, JPEG or DICOM)
+and resized to the model input in a thread pool. Predictions run in fixed-size compiled calls. For
+each positive, a Grad-CAM overlay PNG is written under ``results_dir/heatmaps/`` and a short draft
+findings text is stored, both marked for clinician review. The batch's results and failures are
+written in one transaction; a re-delivered batch writes nothing twice and rewrites the same overlay
+file with the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medbatch.ml import images
+from medbatch.pipeline.common import item_failure, run_batch
+
+log = logging.getLogger("medbatch.pipeline.imaging")
+
+#: Longest side of the radiograph kept for the overlay PNG (the full image is not held in memory).
+OVERLAY_SIDE = 512
+
+
+@dataclass(frozen=True)
+class ImagingOptions:
+    """Worker-side limits and locations for imaging batches (plain values from the settings)."""
+
+    results_dir: Path
+    decode_threads: int = 4
+    predict_batch: int = 32
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    max_bytes: int = images.DEFAULT_MAX_BYTES
+    modalities: tuple[str, ...] = tuple(sorted(images.RADIOGRAPH_MODALITIES))
+
+
+@dataclass
+class _Decoded:
+    model_input: np.ndarray
+    display: np.ndarray
+    image: images.DecodedImage
+
+
+def heatmap_path(results_dir: Path, item_id: int) -> Path:
+    """Where the Grad-CAM overlay of an item is written (one file per item: re-runs replace it)."""
+    return Path(results_dir) / "heatmaps" / f"item-{item_id}.png"
+
+
+def _decode(item: Any, size: int, opts: ImagingOptions) -> _Decoded:
+    payload = item.payload
+    data = images.read_file(Path(payload["path"]), max_bytes=opts.max_bytes)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != payload["sha256"]:
+        raise images.ImageRejected(
+            "file content changed since it was submitted "
+            f"(sha256 now {actual[:12]}..., at submission {payload['sha256'][:12]}...)"
+        )
+    image = images.decode(data, name=Path(payload["path"]).name, max_pixels=opts.max_pixels, modalities=opts.modalities)
+    del data
+    h, w = image.pixels.shape
+    scale = min(1.0, OVERLAY_SIDE / max(h, w))
+    display = _resize_keep_aspect(image.pixels, scale) if scale < 1 else image.pixels
+    model_input = images.resize(image.pixels, size)
+    image.pixels = np.empty((0, 0), dtype=np.float32)  # drop the full-size array now; shape is kept separately
+    return _Decoded(model_input=model_input, display=display, image=image)
+
+
+def _resize_keep_aspect(pixels: np.ndarray, scale: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = pixels.shape
+    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
+    out = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.float32)
+
+
+def classify_items(model: Any, items: list, opts: ImagingOptions) -> tuple[list[dict], list[dict]]:
+    """Classify every item; an image that cannot be read or scored becomes a failure with its reason.
+
+    Returns:
+        ``(results, failures)`` for :func:`medbatch.db.repository.complete_batch`.
+    """
+    from medbatch.ml import xray
+
+    size = model.input_size
+    decoded: dict[int, _Decoded] = {}
+    failures: list[dict] = []
+
+    def one(item: Any) -> tuple[Any, _Decoded | None, str | None]:
+        try:
+            return item, _decode(item, size, opts), None
+        except images.ImageRejected as exc:
+            return item, None, str(exc)
+        except MemoryError:
+            return item, None, "image too large to decode in this worker's memory"
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on a hostile file fails that image only
+            log.warning("item %s: decoder raised %s", item.id, type(exc).__name__)
+            return item, None, f"image could not be decoded: {type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=opts.decode_threads) as pool:
+        for item, dec, reason in pool.map(one, items):
+            if dec is None:
+                failures.append(item_failure(item, reason or "unreadable image", stage="decode"))
+            else:
+                decoded[item.id] = dec
+    ok = [it for it in items if it.id in decoded]
+    probs = np.zeros(len(ok), dtype=np.float32)
+    for start in range(0, len(ok), opts.predict_batch):
+        chunk = ok[start : start + opts.predict_batch]
+        probs[start : start + len(chunk)] = model.predict(np.stack([decoded[it.id].model_input for it in chunk]))
+    threshold = model.threshold
+    positive = [i for i, p in enumerate(probs) if p >= threshold]
+    heatmaps: dict[int, np.ndarray] = {}
+    for start in range(0, len(positive), opts.predict_batch):
+        idx = positive[start : start + opts.predict_batch]
+        maps = model.gradcam(np.stack([decoded[ok[i].id].model_input for i in idx]))
+        heatmaps.update({ok[i].id: m for i, m in zip(idx, maps, strict=True)})
+    results: list[dict] = []
+    for it, p in zip(ok, probs.tolist(), strict=True):
+        dec = decoded[it.id]
+        is_pos = p >= threshold
+        detail: dict[str, Any] = {
+            "probability": round(p, 6),
+            "threshold": threshold,
+            "kind": dec.image.kind,
+            "modality": dec.image.modality,
+            "original_size": list(dec.image.original_shape),
+            "flags": dec.image.flags,
+            "requires_review": bool(is_pos),
+            "heatmap": None,
+            "findings": None,
+        }
+        if is_pos:
+            heat = heatmaps[it.id]
+            path = heatmap_path(opts.results_dir, it.id)
+            xray.overlay_png(dec.display, heat, path, caption="DRAFT: model attention, not a diagnosis")
+            detail["heatmap"] = str(path.resolve())
+            detail["attention"] = xray.attention_region(heat)
+            detail["findings"] = xray.draft_findings(
+                p, threshold, heat, f"{model.name} {model.version}", dec.image.flags
+            )
+        results.append(
+            {
+                "item_id": it.id,
+                "model_name": model.name,
+                "model_version": model.version,
+                "label": model.positive_label if is_pos else model.negative_label,
+                "score": round(p, 6),
+                "detail": detail,
+            }
+        )
+    return results, failures
+
+
+def classify_batch(
+    batch_id: int,
+    *,
+    database_url: str,
+    max_attempts: int,
+    options: ImagingOptions,
+    expected_db: str | None = None,
+) -> dict[str, Any]:
+    """Classify an X-ray batch and persist the outcome (idempotent, like every batch).
+
+    Returns:
+        A small summary: batch id, status, counts of results and failures.
+    """
+    return run_batch(
+        batch_id,
+        database_url=database_url,
+        max_attempts=max_attempts,
+        predict=lambda model, items: classify_items(model, items, options),
+        expected_db=expected_db,
+    )

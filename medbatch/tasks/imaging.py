@@ -1,0 +1,37 @@
+"""Celery adapter for the X-ray workload: a batch ID in, a small dict out."""
+
+from celery import shared_task
+
+from medbatch.config import get_settings
+from medbatch.errors import PermanentError, WrongDatabase
+from medbatch.pipeline import imaging
+from medbatch.tasks import refuses_foreign
+
+
+@shared_task(
+    name="medbatch.imaging.classify_batch",
+    bind=True,
+    autoretry_for=(Exception,),
+    dont_autoretry_for=(PermanentError, WrongDatabase),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=20,
+)
+@refuses_foreign
+def classify_batch(self, batch_id: int, db: str | None = None) -> dict:
+    s = get_settings()
+    return imaging.classify_batch(
+        batch_id, database_url=s.database_url, max_attempts=s.max_attempts, options=imaging_options(s), expected_db=db
+    )
+
+
+def imaging_options(s) -> imaging.ImagingOptions:
+    return imaging.ImagingOptions(
+        results_dir=s.results_dir,
+        decode_threads=s.imaging_decode_threads,
+        predict_batch=s.imaging_predict_batch,
+        max_pixels=s.imaging_max_pixels,
+        max_bytes=s.imaging_max_file_mb * 2**20,
+        modalities=s.modality_list(),
+    )
