@@ -128,7 +128,8 @@ def _after_submit(summary, url: str, as_json: bool, wait: bool) -> None:
     elif not as_json:
         err.print(
             f"job [bold]{summary.job_id}[/]: {summary.items_staged} items in {summary.batches} batches queued, "
-            f"{summary.rows_rejected} rows rejected (model {summary.model['name']} {summary.model['version']})"
+            f"{summary.rows_rejected} {'files' if summary.workload == 'xray' else 'rows'} rejected "
+            f"(model {summary.model['name']} {summary.model['version']})"
         )
         for w in summary.warnings:
             err.print(f"[yellow]warning:[/] {w}")
@@ -212,6 +213,59 @@ def submit_report(
     _after_submit(summary, url, as_json, wait)
     if provider == "offline" and not as_json:
         err.print("[yellow]note:[/] no OpenAI API key is set: reports are OFFLINE TEMPLATE drafts, labelled as such")
+
+
+@submit_app.command("xray")
+def submit_xray(
+    folder: Annotated[Path, typer.Argument(help="Folder of PNG, JPEG or DICOM radiographs (searched recursively).")],
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="File-name pattern to take (repeatable) \\[default: *].")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="File-name pattern to skip (repeatable).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Images per batch message \\[default: 64].")
+    ] = None,
+    as_json: AsJson = False,
+    wait: Wait = False,
+) -> None:
+    """Chest X-ray pneumonia classification over a folder of images, with Grad-CAM and draft findings."""
+    from contextlib import nullcontext
+
+    from medbatch.producer.enqueue import submit_images
+
+    settings = get_settings()
+    url = _db()
+    show = not as_json and err.is_terminal
+    try:
+        if show:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(
+                TextColumn("hashing {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[staged]} staged, {task.fields[rejected]} rejected"),
+                TimeRemainingColumn(),
+                console=err,
+            )
+        with bar if show else nullcontext():
+            task = bar.add_task(folder.name, total=None, staged=0, rejected=0) if show else None
+            summary = submit_images(
+                folder,
+                database_url=url,
+                send=_sender(),
+                batch_size=batch_size or settings.imaging_batch_size,
+                include=include or ("*",),
+                exclude=exclude or (),
+                max_bytes=settings.imaging_max_file_mb * 2**20,
+                modalities=settings.modality_list(),
+                progress=(lambda b, st, r: bar.update(task, completed=b, staged=st, rejected=r)) if show else None,
+            )
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    _after_submit(summary, url, as_json, wait)
 
 
 # --------------------------------------------------------------------------- status, results, resume
@@ -460,6 +514,101 @@ def train_treatment(
 ) -> None:
     """Train the RandomForest treatment-plan model, evaluate it on a held-out split and register it."""
     _train("treatment", csv_file, target, dataset or ("framingham" if csv_file is None else None), out_dir, seed)
+
+
+@train_app.command("xray")
+def train_xray(
+    data_dir: Annotated[
+        Path, typer.Argument(help="The chest_xray folder: train/NORMAL, train/PNEUMONIA, optional val/ and test/.")
+    ],
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping on validation AUC).")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 32,
+    input_size: Annotated[int, typer.Option(min=32, max=1024, help="Square input side in pixels.")] = 150,
+    filters: Annotated[str, typer.Option(help="Conv filters per block, comma-separated.")] = "32,64,128",
+    dense_units: Annotated[int, typer.Option(min=1, help="Units of the dense layer.")] = 512,
+    learning_rate: Annotated[float, typer.Option(min=1e-6, help="Adam learning rate.")] = 1e-3,
+    threshold: Annotated[
+        str, typer.Option(help="youden (chosen on validation data) or a fixed probability such as 0.5.")
+    ] = "youden",
+    holdout: Annotated[
+        float, typer.Option(min=0.05, max=0.5, help="Share of train held out when val/ or test/ is missing or tiny.")
+    ] = 0.15,
+    augment: Annotated[bool, typer.Option(help="Random rotation, shift, zoom and contrast while training.")] = True,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the article's X-ray CNN, report held-out AUC/sensitivity/specificity and register it."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.ml import registry, xray
+
+    url = _db()
+    try:
+        try:
+            config = xray.XrayConfig(
+                input_size=input_size,
+                filters=tuple(int(f) for f in filters.split(",") if f.strip()),
+                dense_units=dense_units,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                epochs=epochs,
+                augment=augment,
+            )
+            chosen: str | float = threshold if threshold == "youden" else float(threshold)
+        except ValueError:
+            raise InvalidInput(
+                f"--filters takes integers like 32,64,128, --threshold youden or 0..1 (got {filters!r}, {threshold!r})"
+            ) from None
+        if not isinstance(chosen, str) and not 0 < chosen < 1:
+            raise InvalidInput("--threshold must be between 0 and 1 (or youden)")
+        trained = xray.train_xray(
+            data_dir,
+            config=config,
+            seed=seed,
+            holdout_fraction=holdout,
+            threshold=chosen,
+            threads=get_settings().imaging_decode_threads,
+            log=lambda m: err.print(m, highlight=False),
+        )
+        directory = Path(out_dir or get_settings().model_dir)
+        path = registry.save_versioned(
+            lambda d: xray.save_model(trained.keras_model, trained.meta, d), directory, "xray"
+        )
+        card = xray.write_card(trained, path)
+        version = registry.file_version(path)
+        source = trained.meta["training_data"]["root"]
+        with session_scope(url) as s:
+            repo.register_model(
+                s,
+                name="xray",
+                version=version,
+                uri=str(path.resolve()),
+                metrics=trained.meta["metrics"],
+                training_source=source,
+            )
+            repo.audit(
+                s, actor=whoami(), action="train", detail={"model": "xray", "version": version, "source": source}
+            )
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    test = trained.meta["metrics"]["test"]
+    err.print(f"saved {path} (version {version}), registered as the active xray model; card {card}")
+    out.print_json(
+        json.dumps(
+            {
+                "name": "xray",
+                "version": version,
+                "artifact": str(path),
+                "threshold": trained.meta["threshold"],
+                "held_out_test": test,
+                "splits": trained.meta["training_data"]["splits"],
+                "notes": trained.meta["training_data"]["notes"],
+            },
+            default=str,
+        )
+    )
 
 
 def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, out_dir: Path | None, seed: int) -> None:

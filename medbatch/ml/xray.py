@@ -275,7 +275,7 @@ def draft_findings(
         f"(threshold {threshold:.2f}): findings suggestive of pneumonia.",
     ]
     if heatmap is not None:
-        lines.append(f"Model attention (Grad-CAM) is greatest in the {attention_region(heatmap)} of the image.")
+        lines.append(f"Model attention (Grad-CAM) is greatest at: {attention_region(heatmap)} (image coordinates).")
     if flags:
         lines.append("Input notes: " + "; ".join(flags) + ".")
     lines.append("Correlate with the clinical picture and the radiologist's read.")

@@ -26,6 +26,15 @@ log = logging.getLogger("medbatch.producer")
 #: send(task_name, queue, batch_id) publishes one message; raises on broker failure.
 Send = Callable[[str, str, int], None]
 Progress = Callable[[int, int, int], None]  # (bytes_read, items_staged, rows_rejected)
+#: What to do when a workload has no registered model and none ships with medbatch.
+NO_MODEL_HINTS = {
+    "xray": (
+        "no X-ray model is registered, and none ships with medbatch (no labelled chest X-ray set installs "
+        "offline). Train one on the Kaggle chest_xray layout (folders train/NORMAL and train/PNEUMONIA, "
+        "optional val/ and test/): `medbatch train xray /path/to/chest_xray`. `medbatch demo` shows the "
+        "whole path with a tiny model trained on synthetic images."
+    ),
+}
 #: The actor named in the audit log for re-sends made by the periodic reconciler.
 RECONCILER = "reconciler"
 
@@ -77,7 +86,9 @@ def ensure_model(database_url: str, name: str) -> tuple[str, str]:
             return model.name, model.version
         uri = registry.BUILTIN_ARTIFACTS.get(name)
         if uri is None:
-            raise InvalidInput(f"no {name} model is registered; train one with `medbatch train {name} ...`")
+            raise InvalidInput(
+                NO_MODEL_HINTS.get(name, f"no {name} model is registered; train one with `medbatch train {name} ...`")
+            )
         path = registry.resolve_uri(uri)
         if not path.is_file():
             raise InvalidInput(f"the shipped {name} model is missing ({path}); train one with `medbatch train {name}`")
@@ -265,6 +276,61 @@ def submit_records(
         progress=progress,
         submitted_by=submitted_by,
     )
+
+
+def submit_images(
+    root: Path,
+    *,
+    database_url: str,
+    send: Send,
+    batch_size: int,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    max_bytes: int | None = None,
+    modalities: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    submitted_by: str | None = None,
+) -> SubmitSummary:
+    """Stage every radiograph under ``root`` (a folder, searched recursively, or one file) as an X-ray job.
+
+    Files are sniffed and hashed, never decoded here: an unusable file becomes a rejection with its
+    reason, and an image whose content was already seen in this job is processed once (the summary
+    warns with an example).
+
+    Raises:
+        InvalidInput: ``root`` is missing or holds no matching file, or no X-ray model is registered.
+        BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
+    """
+    from medbatch.ml import images
+    from medbatch.producer.images import iter_image_chunks, list_images
+
+    scan = list_images(Path(root), include, exclude)  # fail fast, before a job exists
+    model = ensure_model(database_url, "xray")
+    summary = stage_job(
+        database_url=database_url,
+        workload="xray",
+        source=str(Path(root).resolve()),
+        model=model,
+        options={"include": list(include), "exclude": list(exclude), "files": len(scan.files)},
+        chunks=iter_image_chunks(
+            scan,
+            max_bytes=max_bytes or images.DEFAULT_MAX_BYTES,
+            modalities=tuple(modalities or images.RADIOGRAPH_MODALITIES),
+        ),
+        batch_size=batch_size,
+        send=send,
+        progress=progress,
+        submitted_by=submitted_by,
+    )
+    if scan.duplicates:
+        dup, first = scan.duplicates[0]
+        summary.warnings.append(
+            f"{len(scan.duplicates)} file(s) repeat an image already in this job and were processed once "
+            f"(e.g. {dup} has the same content as {first})"
+        )
+        with session_scope(database_url) as s:
+            repo.update_job_options(s, summary.job_id, duplicate_files=len(scan.duplicates))
+    return summary
 
 
 def submit_reports(
