@@ -727,6 +727,9 @@ def worker(
         "-n",
         hostname or f"{queues.replace(',', '+')}@%h",
     ]
+    if concurrency is None and pool == "prefork" and {"imaging", "molecules"} & set(queues.split(",")):
+        # TensorFlow uses every core of its process already: one child on CPU (run one worker per GPU).
+        concurrency = 1
     if concurrency:
         argv += ["-c", str(concurrency)]
     if max_tasks_per_child:
