@@ -194,3 +194,33 @@ def wait_for_job(db_url: str, job_id: int, timeout_s: float = 120.0) -> dict:
         if time.monotonic() > deadline:
             pytest.fail(f"job {job_id} did not finish in {timeout_s}s: {counts}")
         time.sleep(0.3)
+
+
+# --------------------------------------------------------------------------- imaging
+
+
+@pytest.fixture(scope="session")
+def xray_artifact(tmp_path_factory) -> Path:
+    """A tiny X-ray CNN trained once per session on SYNTHETIC images (48 px, a few thousand weights)."""
+    from medbatch.ml import xray
+    from medbatch.producer.synthetic import write_xrays
+
+    root = tmp_path_factory.mktemp("xray-train")
+    write_xrays(root, 40, size=64, seed=11, formats=("png", "jpeg", "dicom"))
+    config = xray.XrayConfig(input_size=48, filters=(8, 16, 16), dense_units=32, epochs=6, learning_rate=3e-3)
+    trained = xray.train_xray(root, config=config, seed=0)
+    path = xray.save_model(trained.keras_model, trained.meta, tmp_path_factory.mktemp("xray-model"))
+    xray.write_card(trained, path)
+    return path
+
+
+def register_xray(db_url: str, artifact: Path) -> str:
+    """Register ``artifact`` as the active xray model in ``db_url``; returns its version."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.ml.registry import file_version
+
+    version = file_version(artifact)
+    with session_scope(db_url) as s:
+        repo.register_model(s, name="xray", version=version, uri=str(artifact), metrics={}, training_source="synthetic")
+    return version
