@@ -12,6 +12,58 @@ from medbatch.config import get_settings, redact_url
 from medbatch.errors import MedbatchError
 
 
+def _xray_demo(settings, workdir: Path, send, env: dict, started: list, app, console: Console):
+    """Train a tiny CNN on SYNTHETIC radiographs and classify a small synthetic night folder with it.
+
+    The model is registered inactive and the job pins it, so a later ``medbatch submit xray`` never
+    picks a demo model trained on generated images.
+    """
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.ml import registry, xray
+    from medbatch.producer.enqueue import submit_images
+    from medbatch.producer.synthetic import write_xrays
+    from medbatch.worker.processes import start_worker, wait_until_ready
+
+    console.print("starting a worker for the imaging queue (TensorFlow loads in its child process) ...")
+    worker = start_worker("imaging", env=env, concurrency=1, log_path=workdir / "worker-imaging.log")
+    started.append(worker)
+    train_dir = workdir / "xray-train-SYNTHETIC"
+    write_xrays(train_dir, 60, size=96, seed=1, formats=("png", "jpeg", "dicom"))
+    console.print(
+        f"training a tiny X-ray CNN on 120 SYNTHETIC images in {train_dir} "
+        "(generated shapes, for the demo only: not a medical model) ..."
+    )
+    config = xray.XrayConfig(input_size=64, filters=(8, 16, 32), dense_units=64, epochs=8, learning_rate=3e-3)
+    trained = xray.train_xray(train_dir, config=config, seed=0)
+    path = registry.save_versioned(
+        lambda d: xray.save_model(trained.keras_model, trained.meta, d), Path(settings.model_dir), "xray-demo"
+    )
+    xray.write_card(trained, path)
+    version = registry.file_version(path)
+    test = trained.meta["metrics"]["test"]
+    console.print(
+        f"  held-out synthetic test: AUC {test['auc']}, sensitivity {test['sensitivity']}, "
+        f"specificity {test['specificity']} (n={test['n']}; easy synthetic data, says nothing about real X-rays)"
+    )
+    with session_scope(settings.database_url) as s:
+        repo.register_model(
+            s,
+            name="xray",
+            version=version,
+            uri=str(path.resolve()),
+            metrics=trained.meta["metrics"],
+            training_source="SYNTHETIC demo images (not for clinical use)",
+            activate=False,
+        )
+    night = workdir / "xray-night-SYNTHETIC"
+    write_xrays(night, 8, size=400, seed=2, split="inbox", formats=("png", "jpeg", "dicom"))
+    (night / "readme.txt").write_text("not an image: the demo shows how a stray file is reported\n")
+    wait_until_ready(app, worker, timeout_s=120)
+    console.print(f"submitting {night} (16 SYNTHETIC radiographs and one stray text file)")
+    return submit_images(night, database_url=settings.database_url, send=send, batch_size=8, model=("xray", version))
+
+
 def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
     """Run the demo; returns the process exit code (0 when every job finished)."""
     from medbatch.db import repository as repo
@@ -75,6 +127,9 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
         )
         jobs.append(report)
         finals.append(_wait(settings.database_url, report.job_id, timeout_s=600))
+        xray_job = _xray_demo(settings, workdir, send, env, started, app, console)
+        jobs.append(xray_job)
+        finals.append(_wait(settings.database_url, xray_job.job_id, timeout_s=600))
         table = Table(
             "job",
             "workload",
@@ -103,6 +158,10 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
             )
             files.append(f"  job {s.job_id} {s.workload}: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
             files.append(f"    results {result_file}\n    errors  {error_file}")
+            if s.workload == "xray":
+                files.append(
+                    f"    Grad-CAM overlays of positives in {Path(settings.results_dir).resolve() / 'heatmaps'}"
+                )
             if c["status"] not in FINISHED_JOB:
                 code = 1
         console.print(table)

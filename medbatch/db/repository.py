@@ -762,7 +762,9 @@ def register_model(
     """Add (or find) a model version; when ``activate``, it becomes the one new jobs use."""
     model = session.scalars(select(Model).where(Model.name == name, Model.version == version)).one_or_none()
     if model is None:
-        model = Model(name=name, version=version, uri=uri, metrics=metrics, training_source=training_source)
+        model = Model(
+            name=name, version=version, uri=uri, metrics=metrics, training_source=training_source, active=activate
+        )
         session.add(model)
     else:
         model.uri = uri

@@ -288,6 +288,7 @@ def submit_images(
     exclude: Sequence[str] = (),
     max_bytes: int | None = None,
     modalities: Sequence[str] | None = None,
+    model: tuple[str, str] | None = None,
     progress: Progress | None = None,
     submitted_by: str | None = None,
 ) -> SubmitSummary:
@@ -295,7 +296,7 @@ def submit_images(
 
     Files are sniffed and hashed, never decoded here: an unusable file becomes a rejection with its
     reason, and an image whose content was already seen in this job is processed once (the summary
-    warns with an example).
+    warns with an example). ``model`` pins a registered (name, version); by default the active one.
 
     Raises:
         InvalidInput: ``root`` is missing or holds no matching file, or no X-ray model is registered.
@@ -305,7 +306,7 @@ def submit_images(
     from medbatch.producer.images import iter_image_chunks, list_images
 
     scan = list_images(Path(root), include, exclude)  # fail fast, before a job exists
-    model = ensure_model(database_url, "xray")
+    model = model or ensure_model(database_url, "xray")
     summary = stage_job(
         database_url=database_url,
         workload="xray",

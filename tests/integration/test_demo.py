@@ -40,7 +40,7 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     assert "started a local one" in run.stderr
     assert (tmp_path / "medbatch.db").is_file()
     results = {p.name.split("-")[1]: p for p in (tmp_path / "medbatch-demo").glob("results-*.csv")}
-    assert sorted(results) == ["report", "risk", "treatment"]
+    assert sorted(results) == ["report", "risk", "treatment", "xray"]
     for workload in ("risk", "treatment"):
         rows = list(csv.DictReader(results[workload].open()))
         assert 250 <= len(rows) <= 300 and all(r["patient_id"].startswith("SYN-") for r in rows)
@@ -50,4 +50,17 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     assert all(
         r["report_text"].startswith("OFFLINE TEMPLATE DRAFT") and r["requires_review"] == "True" for r in reports
     )
+    # The X-ray job: 16 synthetic radiographs classified, the stray file reported, the demo model not active
+    xrays = list(csv.DictReader(results["xray"].open()))
+    assert len(xrays) == 16 and {r["label"] for r in xrays} <= {"normal", "pneumonia"}
+    errors = list(csv.DictReader(next((tmp_path / "medbatch-demo").glob("errors-xray-*.csv")).open()))
+    assert [e["source_file"].rsplit("/", 1)[-1] for e in errors] == ["readme.txt"]
+    models = subprocess.run(
+        [sys.executable, "-m", "medbatch.cli", "models", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert any(m["name"] == "xray" and not m["active"] for m in __import__("json").loads(models.stdout))
     assert not redis_reachable(broker, 0.5)
