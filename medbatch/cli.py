@@ -116,6 +116,7 @@ def _submit_tabular(
                 batch_size=batch_size or settings.batch_size,
                 id_column=id_column,
                 progress=(lambda b, s, r: bar.update(task, completed=b, staged=s, rejected=r)) if show else None,
+                input_roots=settings.allowed_input_roots(),
             )
     except MedbatchError as exc:
         raise _handle(exc) from None
@@ -207,6 +208,7 @@ def submit_report(
             budget_tokens=budget_tokens,
             batch_size=batch_size or settings.report_batch_size,
             id_column=id_column,
+            input_roots=settings.allowed_input_roots(),
         )
     except MedbatchError as exc:
         raise _handle(exc) from None

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     broker_url: str = DEFAULT_BROKER_URL
     database_url: str = DEFAULT_DATABASE_URL
     model_dir: Path = Path("models")
+    input_roots: str = Field(
+        "", description="directories producers may read, comma-separated; empty: any in development, none in production"
+    )
     results_dir: Path = Path("results")
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=100_000)
     visibility_timeout_s: int = Field(DEFAULT_VISIBILITY_TIMEOUT_S, ge=10)
@@ -81,6 +84,16 @@ class Settings(BaseSettings):
     worker_max_memory_per_child_mb: int = Field(
         6144, ge=0, description="replace a pool child after a task leaves it above this RSS; 0 = never"
     )
+
+    def allowed_input_roots(self) -> tuple[Path, ...] | None:
+        """The directories producers may read; ``None`` (no restriction) only in development with none set.
+
+        Production with no root configured returns ``()``, which refuses every input path.
+        """
+        roots = tuple(Path(p.strip()).expanduser() for p in self.input_roots.split(",") if p.strip())
+        if not roots and self.environment != "production":
+            return None
+        return roots
 
     def modality_list(self) -> tuple[str, ...]:
         """:attr:`imaging_modalities` as upper-case codes."""

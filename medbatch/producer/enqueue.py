@@ -18,6 +18,7 @@ from medbatch.db.session import session_scope
 from medbatch.errors import BrokerUnavailable, InvalidInput
 from medbatch.ml import registry
 from medbatch.producer.identity import whoami
+from medbatch.producer.paths import check_input_path
 from medbatch.producer.records import RecordChunk, iter_record_chunks, read_header
 from medbatch.worker.routing import JOB_TASKS, route_for
 
@@ -251,18 +252,23 @@ def submit_records(
     id_column: str | None = None,
     progress: Progress | None = None,
     submitted_by: str | None = None,
+    input_roots: Sequence[Path] | None = None,
 ) -> SubmitSummary:
     """Validate and stage a patient-record CSV as a job, then enqueue its batches.
 
     Each committed chunk's batches are sent right away, so workers start while a large file is still
     being read. Bad rows become recorded rejections; the rest of the file goes on.
 
+    Args:
+        input_roots: directories the file must lie under (see :func:`~medbatch.producer.paths.check_input_path`);
+            ``None``: anywhere.
+
     Raises:
-        InvalidInput: the file as a whole cannot be used (missing, empty, required columns absent);
-            nothing is staged.
+        InvalidInput: the file as a whole cannot be used (outside the input roots, missing, empty, required
+            columns absent); nothing is staged.
         BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
     """
-    path = Path(path)
+    path = check_input_path(path, input_roots)
     read_header(path, workload, id_column)  # fail fast, before a job exists
     return stage_job(
         database_url=database_url,
@@ -349,6 +355,7 @@ def submit_reports(
     limit: int | None = None,
     progress: Progress | None = None,
     submitted_by: str | None = None,
+    input_roots: Sequence[Path] | None = None,
 ) -> SubmitSummary:
     """Stage a report job from a patient-facts CSV or from the patients of an earlier job, then queue it.
 
@@ -357,7 +364,8 @@ def submit_reports(
     within 24 hours).
 
     Raises:
-        InvalidInput: no usable source, an unknown mode, or the Batch API asked of the offline provider.
+        InvalidInput: no usable source (a CSV outside ``input_roots`` included), an unknown mode, or the
+            Batch API asked of the offline provider.
     """
     from medbatch.ml.reports import PROMPT_VERSION
     from medbatch.producer.reports import iter_fact_chunks, iter_job_fact_chunks
@@ -369,8 +377,9 @@ def submit_reports(
     if mode == "batch" and provider != "openai":
         raise InvalidInput("--mode batch uses the OpenAI Batch API: set an API key (or MEDBATCH_LLM_PROVIDER=openai)")
     if path is not None:
-        chunks = iter_fact_chunks(Path(path), id_column=id_column)
-        source = str(Path(path).resolve())
+        path = check_input_path(path, input_roots)
+        chunks = iter_fact_chunks(path, id_column=id_column)
+        source = str(path)
     else:
         chunks = iter_job_fact_chunks(database_url, from_job, limit=limit)
         source = f"job:{from_job}"
