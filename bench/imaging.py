@@ -1,0 +1,238 @@
+"""Benchmark: a folder of radiographs -> staged -> classified (+ Grad-CAM for positives) -> results in SQL.
+
+Images: PNG at 150x150, PNG at 1024x1024 and 12-bit MONOCHROME1 DICOM at 1024x1024 (synthetic).
+The model is the default architecture (the article's CNN, 150x150 input) with seeded weights:
+speed does not depend on what the weights learned.
+
+Prints images/s end to end (submit with hashing, the queue, one imaging worker, the database), and the
+ratio to a raw in-process loop over the same files with the same decode, resize, model, batch size and
+Grad-CAM overlays for the same positives, run in the same process as this script. Peak RSS of the worker
+(parent and child) is reported too.
+
+    python bench/imaging.py [--per-kind 100] [--database-url postgresql+psycopg://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from tabular import PeakRss  # noqa: E402
+
+from medbatch.producer.synthetic import synthetic_xray, write_synthetic_dicom  # noqa: E402
+
+
+def make_images(folder: Path, per_kind: int) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths: list[Path] = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(per_kind):
+        small = folder / f"small-{i:05d}.png"
+        big = folder / f"big-{i:05d}.png"
+        dcm = folder / f"dicom-{i:05d}.dcm"
+        if not small.exists():
+            Image.fromarray((synthetic_xray(i % 2, 150, rng) * 255).astype(np.uint8)).save(small)
+        if not big.exists():
+            Image.fromarray((synthetic_xray(i % 2, 1024, rng) * 255).astype(np.uint8)).save(big)
+        if not dcm.exists():
+            write_synthetic_dicom(dcm, synthetic_xray(i % 2, 1024, rng), patient_id=f"BENCH-{i}")
+        paths += [small, big, dcm]
+    return sorted(paths)
+
+
+def make_model(directory: Path) -> Path:
+    import keras
+
+    from medbatch.ml import registry, xray
+
+    keras.utils.set_random_seed(0)
+    model = xray.build_model(xray.XrayConfig())
+    meta = {
+        "format": xray.ARTIFACT_FORMAT,
+        "name": "xray",
+        "input_size": 150,
+        "channels": 1,
+        "threshold": 0.5,
+        "class_names": list(xray.CLASS_NAMES),
+        "training_data": {"root": "untrained: benchmark weights", "notes": []},
+    }
+    return registry.save_versioned(lambda d: xray.save_model(model, meta, d), directory, "xray-bench")
+
+
+def raw_loop(paths: list[Path], artifact: Path, batch: int, predict_batch: int, threads: int, out: Path) -> float:
+    """The same work in one process: read, decode, resize, predict, Grad-CAM + overlay for positives."""
+    from medbatch.ml import images, xray
+    from medbatch.pipeline.imaging import OVERLAY_SIDE, _resize_keep_aspect
+
+    model = xray.load_model(artifact)
+    model.predict(np.zeros((1, 150, 150), np.float32))  # compile once, as the worker's warm-up did
+
+    def decode(p: Path):
+        img = images.read_image(p)
+        h, w = img.pixels.shape
+        scale = min(1.0, OVERLAY_SIDE / max(h, w))
+        display = _resize_keep_aspect(img.pixels, scale) if scale < 1 else img.pixels
+        return images.resize(img.pixels, 150), display
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for s in range(0, len(paths), batch):
+            chunk = paths[s : s + batch]
+            decoded = list(pool.map(decode, chunk))
+            x = np.stack([d[0] for d in decoded])
+            probs = np.concatenate([model.predict(x[i : i + predict_batch]) for i in range(0, len(x), predict_batch)])
+            pos = np.flatnonzero(probs >= model.threshold)
+            for i in range(0, len(pos), predict_batch):
+                idx = pos[i : i + predict_batch]
+                for j, h in zip(idx, model.gradcam(x[idx]), strict=True):
+                    xray.overlay_png(decoded[j][1], h, out / f"raw-{s + j}.png", caption="DRAFT")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-kind", type=int, default=100, help="images of each kind (3 kinds)")
+    ap.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--broker-url", default="redis://127.0.0.1:6379/13")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--predict-batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--workdir", type=Path, default=ROOT / ".bench")
+    args = ap.parse_args()
+
+    folder = args.workdir / f"xray-{args.per_kind}"
+    print(f"preparing {3 * args.per_kind} synthetic images in {folder}", flush=True)
+    paths = make_images(folder, args.per_kind)
+    models = args.workdir / "models"
+    artifact = make_model(models)
+    results_dir = args.workdir / f"xray-results-{uuid.uuid4().hex[:6]}"
+
+    admin_url = make_url(args.database_url)
+    db_name = f"medbatch_bench_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    if admin_url.get_backend_name() == "postgresql":
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{db_name}"'))
+        db_url = admin_url.set(database=db_name).render_as_string(hide_password=False)
+    else:
+        db_url = args.database_url
+    import redis
+
+    redis.Redis.from_url(args.broker_url).flushdb()
+    env = {
+        **os.environ,
+        "MEDBATCH_DATABASE_URL": db_url,
+        "MEDBATCH_BROKER_URL": args.broker_url,
+        "MEDBATCH_LOG_LEVEL": "INFO",
+        "MEDBATCH_RESULTS_DIR": str(results_dir),
+        "MEDBATCH_IMAGING_DECODE_THREADS": str(args.threads),
+        "MEDBATCH_IMAGING_PREDICT_BATCH": str(args.predict_batch),
+    }
+    medbatch = [sys.executable, "-m", "medbatch.cli"]
+    subprocess.run([*medbatch, "db", "upgrade"], env=env, check=True, capture_output=True)
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.ml.registry import file_version
+
+    with session_scope(db_url) as s:
+        repo.register_model(
+            s, name="xray", version=file_version(artifact), uri=str(artifact), metrics={}, training_source="bench"
+        )
+    worker_log = (args.workdir / "imaging-worker.log").open("w")
+    worker = subprocess.Popen(
+        [*medbatch, "worker", "-Q", "imaging"],
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        # Warm-up: one image, so TensorFlow is imported and the model compiled before the clock starts.
+        warm = args.workdir / "xray-warmup"
+        warm.mkdir(exist_ok=True)
+        (warm / "w.png").write_bytes(paths[0].read_bytes())
+        subprocess.run(
+            [*medbatch, "submit", "xray", str(warm), "--wait", "--json"], env=env, check=True, capture_output=True
+        )
+        worker_rss = PeakRss(worker.pid)
+        start = time.perf_counter()
+        run = subprocess.run(
+            [*medbatch, "submit", "xray", str(folder), "--json", "--wait", "--batch-size", str(args.batch_size)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - start
+        w_peak = worker_rss.stop()
+        if run.returncode != 0:
+            raise SystemExit(f"submit failed: {run.stderr}")
+        summary = json.loads(run.stdout)
+        child_rss = [p.memory_info().rss for p in psutil.Process(worker.pid).children(recursive=True)]
+        parent_rss = psutil.Process(worker.pid).memory_info().rss
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    engine = create_engine(db_url)
+    with engine.connect() as c:
+        stored = c.execute(
+            text("select count(*) from results where job_id = :j"), {"j": summary["job_id"]}
+        ).scalar_one()
+        positives = c.execute(
+            text("select count(*) from results where job_id = :j and label = 'pneumonia'"), {"j": summary["job_id"]}
+        ).scalar_one()
+    engine.dispose()
+
+    raw_out = args.workdir / "xray-raw-out"
+    raw_out.mkdir(exist_ok=True)
+    raw = raw_loop(paths, artifact, args.batch_size, args.predict_batch, args.threads, raw_out)
+    if admin_url.get_backend_name() == "postgresql":
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+
+    n = len(paths)
+    print(
+        f"\nbench/imaging.py: {n} images ({args.per_kind} PNG 150x150, {args.per_kind} PNG 1024x1024, "
+        f"{args.per_kind} DICOM 1024x1024), {admin_url.get_backend_name()}, batch {args.batch_size}, "
+        f"predict batch {args.predict_batch}, {args.threads} decode threads, {os.cpu_count()} cores, "
+        f"device {_device()}"
+    )
+    print(
+        f"  medbatch end to end  {wall:7.1f} s  {n / wall:7.1f} images/s  "
+        f"(staged {summary['items_staged']}, results stored {stored}, positives with Grad-CAM {positives})"
+    )
+    print(f"  raw in-process loop  {raw:7.1f} s  {n / raw:7.1f} images/s  (same decode, model, batch, Grad-CAM)")
+    print(f"  ratio (throughput)   {raw / wall:7.2f}  (medbatch images/s / raw images/s; target >= 0.90)")
+    print(
+        f"  peak RSS worker      {w_peak / 2**20:7.0f} MB (parent {parent_rss / 2**20:.0f} MB + child "
+        f"{sum(child_rss) / 2**20:.0f} MB at the end)"
+    )
+    print(f"  every staged image has exactly one result: {stored == summary['items_staged']}")
+
+
+def _device() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"GPU x{len(gpus)}" if gpus else "CPU"
+
+
+if __name__ == "__main__":
+    main()
