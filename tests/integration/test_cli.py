@@ -130,3 +130,35 @@ def test_audit_log_records_submit_export_and_resume(service_env, db_url, start_w
     assert all(actor and actor != "unknown" for _, actor, _ in events) or os.environ.get("USER") is None
     assert events[1][2] == {"what": "results", "format": "csv", "rows": 20, "output": str(tmp_path / "out.csv")}
     assert "SYN-" not in str(events)
+
+
+def test_xray_from_nothing_to_results_on_the_command_line(service_env, start_worker, tmp_path):
+    from medbatch.producer.synthetic import write_xrays
+
+    # Given no X-ray model: submit says how to get one, and stages nothing
+    night = tmp_path / "night"
+    write_xrays(night, 3, size=100, seed=4, split="inbox", formats=("png", "dicom"))
+    run = medbatch(service_env, "submit", "xray", str(night))
+    assert run.returncode == 2 and "medbatch train xray" in run.stderr and "Traceback" not in run.stderr
+    # And a training folder without PNEUMONIA images is refused with a reason
+    (tmp_path / "bad" / "train" / "NORMAL").mkdir(parents=True)
+    run = medbatch(service_env, "train", "xray", str(tmp_path / "bad"))
+    assert run.returncode == 2 and "train/NORMAL and train/PNEUMONIA" in run.stderr
+    # When a tiny model is trained on the chest_xray layout and the folder is submitted
+    write_xrays(tmp_path / "chest_xray", 20, size=64, seed=3)
+    run = medbatch(
+        service_env,
+        *("train", "xray", str(tmp_path / "chest_xray"), "--epochs", "2", "--input-size", "48"),
+        *("--filters", "4,8,8", "--dense-units", "16"),
+    )
+    assert run.returncode == 0, run.stderr
+    trained = json.loads(run.stdout)
+    assert trained["held_out_test"]["n"] > 0 and "epoch 1" in run.stderr
+    start_worker("imaging")
+    run = medbatch(service_env, "submit", "xray", str(night), "--json", "--wait")
+    # Then every image has a result from that model version
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["model"]["version"] == trained["version"] and summary["final"]["items_done"] == 6
+    rows = medbatch(service_env, "results", str(summary["job_id"]), "--format", "json").stdout.splitlines()
+    assert len(rows) == 6 and {json.loads(r)["label"] for r in rows} <= {"normal", "pneumonia"}
