@@ -50,7 +50,11 @@ def _handle(exc: MedbatchError) -> typer.Exit:
     if isinstance(exc, NotFound):
         return _fail(str(exc), EXIT_NOT_FOUND)
     if isinstance(exc, BrokerUnavailable):
-        return _fail(f"{exc}. Is Redis running at {redact_url(get_settings().broker_url)}?", EXIT_UNAVAILABLE)
+        return _fail(
+            f"{exc}. Is Redis running at {redact_url(get_settings().broker_url)}, with the password and TLS "
+            "settings of that URL?",
+            EXIT_UNAVAILABLE,
+        )
     if isinstance(exc, DatabaseUnavailable):
         return _fail(f"{exc} ({redact_url(get_settings().database_url)})", EXIT_UNAVAILABLE)
     return _fail(str(exc), 1)

@@ -6,6 +6,7 @@ working directory; lower layers receive plain values, never this object.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -140,6 +141,20 @@ def redact_url(url: str) -> str:
     user = parts.username or ""
     host = netloc[-1]
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^@\s]+@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (for error messages from libraries)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def error_reason(exc: BaseException) -> str:
+    """``Type: first line of the message``, passwords in URLs redacted: a short, safe cause for a person."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return redact_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medbatch.config import error_reason
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.errors import BrokerUnavailable, InvalidInput
@@ -74,7 +75,7 @@ def celery_sender(app, database_url: str | None = None) -> Send:
                 task, args=[batch_id], kwargs=kwargs, queue=queue, argsrepr=f"[{batch_id}]", kwargsrepr=repr(kwargs)
             )
         except Exception as exc:  # kombu raises several types for a dead broker
-            raise BrokerUnavailable(f"could not send batch {batch_id}: {type(exc).__name__}") from exc
+            raise BrokerUnavailable(f"could not send batch {batch_id}: {error_reason(exc)}") from exc
 
     return send
 

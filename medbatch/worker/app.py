@@ -6,6 +6,9 @@ environment once at import. Producers that need other settings call :func:`creat
 
 from __future__ import annotations
 
+import ssl
+from urllib.parse import parse_qs, urlsplit
+
 from celery import Celery
 from kombu import Queue
 
@@ -20,10 +23,24 @@ TASK_MODULES = [
 ]
 
 
+def broker_ssl(url: str) -> dict | None:
+    """TLS options for a ``rediss://`` broker URL that names none: verify the server against the system CAs.
+
+    kombu would otherwise fall back to ``ssl_cert_reqs=CERT_NONE`` (encrypted, but talking to anyone).
+    Options given in the URL (``?ssl_cert_reqs=required&ssl_ca_certs=/path/ca.pem``) are left to kombu.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
 def celery_config(settings: Settings) -> dict:
     """The Celery configuration for ``settings`` (plain dict, easy to read and test)."""
+    tls = broker_ssl(settings.broker_url)
     return {
         "broker_url": settings.broker_url,
+        **({"broker_use_ssl": tls} if tls else {}),
         "result_backend": None,  # the SQL database is the source of truth, not Celery results
         "task_ignore_result": True,
         # JSON only: a pickled (or any non-JSON) message is refused, never run.

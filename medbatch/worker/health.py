@@ -15,7 +15,7 @@ import redis
 from celery import Celery
 from celery.signals import task_postrun, worker_ready
 
-from medbatch.config import get_settings
+from medbatch.config import error_reason, get_settings
 
 PROGRESS_KEY = "medbatch:progress:{hostname}"
 _client: redis.Redis | None = None
@@ -59,7 +59,7 @@ def check_worker(app: Celery, broker_url: str, *, hostname: str, queues: list[st
     try:
         replies = app.control.ping(destination=[hostname], timeout=5.0)
     except Exception as exc:  # noqa: BLE001 - the broker itself is away
-        return Health(False, f"cannot reach the broker to ping {hostname}: {type(exc).__name__}")
+        return Health(False, f"cannot reach the broker to ping {hostname}: {error_reason(exc)}")
     if not replies:
         return Health(False, f"{hostname} does not answer a ping")
     client = redis.Redis.from_url(broker_url, socket_timeout=5)
