@@ -1,4 +1,4 @@
-"""Faults with real processes: a worker SIGKILLed mid-job loses and doubles nothing."""
+"""Faults with real processes: a worker SIGKILLed mid-job loses and doubles nothing; a poison batch is dead-lettered."""
 
 from __future__ import annotations
 
@@ -115,3 +115,65 @@ def test_redis_loses_its_data_mid_job_and_the_reconciler_recovers(db_url, privat
         for w in workers:
             w.stop(timeout_s=10)
         app.close()
+
+
+def test_poison_batch_that_kills_its_worker_every_time_is_dead_lettered(db_url, sender, start_worker, tmp_path):
+    import signal
+
+    import psutil
+    from sqlalchemy import create_engine
+
+    from medbatch.db.tables import Batch, BatchStatus, ItemError
+
+    # Given a job of ten batches, one of which kills whichever worker child takes it (as a decoder
+    # segfaulting on one file would), and at most three attempts per batch
+    max_attempts = 3
+    path = write_patients(tmp_path / "p.csv", "risk", 1_000, seed=4)
+    summary = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=100)
+    with session_scope(db_url) as s:
+        poison = s.scalar(select(Batch.id).where(Batch.job_id == summary.job_id, Batch.seq == 3))
+    # A row lock on the poison batch's items holds its worker inside the batch (its write waits on the
+    # lock) until the watcher below kills it: the child dies mid-batch on every attempt, deterministically.
+    engine = create_engine(db_url)
+    holder = engine.connect()
+    holder.begin()
+    holder.execute(select(Item.id).where(Item.batch_id == poison).with_for_update())
+    worker = start_worker("tabular", env={"MEDBATCH_MAX_ATTEMPTS": str(max_attempts)})
+    # When the pool child is SIGKILLed each time it is inside that batch
+    kills = 0
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            with session_scope(db_url) as s:
+                status, attempts = s.execute(select(Batch.status, Batch.attempts).where(Batch.id == poison)).one()
+            if status == BatchStatus.RUNNING.value and attempts > kills:
+                for child in psutil.Process(worker.process.pid).children():
+                    child.send_signal(signal.SIGKILL)
+                kills += 1
+                if kills == max_attempts:
+                    holder.rollback()  # nothing left to hold: the next delivery must give up, not run
+            if status in (BatchStatus.DEAD.value, BatchStatus.DONE.value):
+                break
+            time.sleep(0.05)
+    finally:
+        holder.close()
+        engine.dispose()
+    counts = wait_for_job(db_url, summary.job_id, timeout_s=60)
+    # Then the batch is dead after exactly max_attempts deaths, every item of it says why,
+    # and every other batch of the job completed
+    with session_scope(db_url) as s:
+        batch = s.get(Batch, poison)
+        reasons = s.scalars(select(ItemError.reason).where(ItemError.job_id == summary.job_id)).all()
+        failed_items = s.scalars(
+            select(Item.id).where(Item.job_id == summary.job_id, Item.status == ItemStatus.FAILED.value)
+        ).all()
+        poison_items = s.scalars(select(Item.id).where(Item.batch_id == poison)).all()
+    assert kills == max_attempts
+    assert batch.status == BatchStatus.DEAD.value and batch.attempts == max_attempts
+    assert f"gave up after {max_attempts} attempts" in batch.error
+    assert sorted(failed_items) == sorted(poison_items) and len(poison_items) == 100
+    assert len(reasons) == 100 and all(f"batch {poison} dead-lettered: gave up after" in r for r in reasons)
+    assert counts["status"] == "completed_with_errors"
+    assert counts["batches"] == {"done": 9, "dead": 1} and counts["items_done"] == 900
+    assert _results(db_url, summary.job_id) == 900
+    assert "WorkerLostError" in worker.log_path.read_text(errors="replace")
