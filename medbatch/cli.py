@@ -267,6 +267,7 @@ def submit_xray(
                 exclude=exclude or (),
                 max_bytes=settings.imaging_max_file_mb * 2**20,
                 modalities=settings.modality_list(),
+                input_roots=settings.allowed_input_roots(),
                 progress=(lambda b, st, r: bar.update(task, completed=b, staged=st, rejected=r)) if show else None,
             )
     except MedbatchError as exc:

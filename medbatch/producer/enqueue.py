@@ -296,6 +296,8 @@ def submit_images(
     max_bytes: int | None = None,
     modalities: Sequence[str] | None = None,
     model: tuple[str, str] | None = None,
+    files: Sequence[Path] | None = None,
+    input_roots: Sequence[Path] | None = None,
     progress: Progress | None = None,
     submitted_by: str | None = None,
 ) -> SubmitSummary:
@@ -304,15 +306,24 @@ def submit_images(
     Files are sniffed and hashed, never decoded here: an unusable file becomes a rejection with its
     reason, and an image whose content was already seen in this job is processed once (the summary
     warns with an example). ``model`` pins a registered (name, version); by default the active one.
+    ``files`` stages exactly these files instead of walking ``root`` (the nightly run's new arrivals).
+    ``input_roots``: ``root`` must lie under one of them, and a file inside it that resolves outside them
+    (a symlink out of the folder) is rejected with the reason (see :func:`~medbatch.producer.paths.check_input_path`).
 
     Raises:
         InvalidInput: ``root`` is missing or holds no matching file, or no X-ray model is registered.
         BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
     """
     from medbatch.ml import images
-    from medbatch.producer.images import iter_image_chunks, list_images
+    from medbatch.producer.images import ImageScan, iter_image_chunks, list_images
 
-    scan = list_images(Path(root), include, exclude)  # fail fast, before a job exists
+    root = check_input_path(root, input_roots)
+    if files is not None:
+        if not files:
+            raise InvalidInput(f"{root}: no files to submit")
+        scan = ImageScan(files=list(files), total_bytes=sum(f.stat().st_size for f in files if f.exists()))
+    else:
+        scan = list_images(Path(root), include, exclude)  # fail fast, before a job exists
     model = model or ensure_model(database_url, "xray")
     summary = stage_job(
         database_url=database_url,
@@ -322,6 +333,7 @@ def submit_images(
         options={"include": list(include), "exclude": list(exclude), "files": len(scan.files)},
         chunks=iter_image_chunks(
             scan,
+            input_roots=input_roots,
             max_bytes=max_bytes or images.DEFAULT_MAX_BYTES,
             modalities=tuple(modalities or images.RADIOGRAPH_MODALITIES),
         ),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from medbatch.errors import InvalidInput
 from medbatch.ml import images
+from medbatch.producer.paths import check_input_path
 from medbatch.producer.records import RecordChunk
 
 #: Default include patterns: every file (DICOM exports often have no extension); non-images are reported.
@@ -121,20 +122,27 @@ def iter_image_chunks(
     chunk_size: int = 1000,
     max_bytes: int = images.DEFAULT_MAX_BYTES,
     modalities: Sequence[str] = tuple(images.RADIOGRAPH_MODALITIES),
+    input_roots: Sequence[Path] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[RecordChunk]:
     """Sniff, hash and describe each file of ``scan``; yields chunks of items and rejections.
 
     Item payloads hold the absolute path, the content hash, the size and the kind: never pixels.
-    ``RecordChunk.bytes_read`` counts the bytes hashed so far (for a progress bar).
+    ``RecordChunk.bytes_read`` counts the bytes hashed so far (for a progress bar). A file that resolves
+    outside ``input_roots`` (a symlink leading out of the folder) is rejected, never read.
     """
     allowed = frozenset(m.upper() for m in modalities)
     seen: dict[str, str] = {}
     chunk = RecordChunk()
     done_bytes = 0
     for path in scan.files:
-        source = str(path.resolve()) if path.exists() else str(path)
+        source = str(path.absolute())  # as found (a symlink keeps its own name); the payload holds what is read
         try:
+            if input_roots is not None:
+                try:
+                    path = check_input_path(path, input_roots)
+                except InvalidInput as exc:
+                    raise images.ImageRejected(str(exc)) from None
             digest, head, size = _hash_and_head(path, max_bytes)
             done_bytes += size
             kind = images.sniff(head[:132], path.name)
@@ -160,7 +168,7 @@ def iter_image_chunks(
                         "source_uri": source,
                         "source_row": None,
                         "patient_ref": patient,
-                        "payload": {"path": source, "sha256": digest, "bytes": size, "kind": kind},
+                        "payload": {"path": str(path.resolve()), "sha256": digest, "bytes": size, "kind": kind},
                     }
                 )
         if len(chunk.items) + len(chunk.rejected) >= chunk_size:

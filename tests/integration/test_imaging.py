@@ -143,3 +143,24 @@ def test_no_registered_model_says_how_to_get_one(sqlite_url, tmp_path):
         submit_images(tmp_path / "imgs", database_url=sqlite_url, send=lambda *a: None, batch_size=10)
     with session_scope(sqlite_url) as s:
         assert s.scalar(select(Job.id)) is None  # nothing was staged
+
+
+def test_xray_input_roots_refuse_folders_and_symlinks_outside(sqlite_url, tmp_path, xray_artifact):
+    # Given an input root holding a folder with one real image and a symlink to an image outside the root
+    register_xray(sqlite_url, xray_artifact)
+    root = tmp_path / "inbox"
+    folder = root / "night"
+    write_xrays(folder, 1, size=64, seed=8)
+    outside = write_xrays(tmp_path / "elsewhere", 1, size=64, seed=9)[0]
+    (folder / "link.png").symlink_to(outside)
+    # Then a folder outside the roots is refused before anything is staged
+    with pytest.raises(InvalidInput, match="outside the input roots"):
+        submit_images(
+            tmp_path / "elsewhere", database_url=sqlite_url, send=lambda *a: None, batch_size=10, input_roots=[root]
+        )
+    # And inside the root, the symlink leading out is a rejection with the reason; the rest is staged
+    summary = submit_images(folder, database_url=sqlite_url, send=lambda *a: None, batch_size=10, input_roots=[root])
+    assert summary.items_staged == 2 and summary.rows_rejected == 1
+    with session_scope(sqlite_url) as s:
+        (error,) = list(repo.iter_errors(s, summary.job_id))
+    assert error["source_file"].endswith("link.png") and "outside the input roots" in error["reason"]
