@@ -85,7 +85,9 @@ def celery_config(settings: Settings) -> dict:
 def create_app(settings: Settings | None = None) -> Celery:
     """A configured Celery app; tasks are registered by importing :data:`TASK_MODULES` in workers."""
     settings = settings or get_settings()
-    celery_app = Celery("medbatch", include=TASK_MODULES, set_as_current=False)
+    celery_app = Celery(
+        "medbatch", include=TASK_MODULES, set_as_current=False, task_cls="medbatch.worker.strategy:JsonOnlyTask"
+    )
     celery_app.conf.update(celery_config(settings))
     return celery_app
 
