@@ -224,3 +224,36 @@ def register_xray(db_url: str, artifact: Path) -> str:
     with session_scope(db_url) as s:
         repo.register_model(s, name="xray", version=version, uri=str(artifact), metrics={}, training_source="synthetic")
     return version
+
+
+# --------------------------------------------------------------------------- molecules
+
+
+@pytest.fixture(scope="session")
+def molecule_artifact(tmp_path_factory) -> Path:
+    """A tiny SMILES CharRNN (one LSTM of 48 units) trained once per session, in seconds.
+
+    It learns 40 short MOSES molecules (each seen 10 times per epoch), so about one sample in ten is a
+    valid molecule and repeats are common: enough to exercise valid, invalid and duplicate outcomes.
+    """
+    from medbatch.ml import molecules
+
+    short = sorted(molecules.read_moses_smiles("train")[:20_000], key=len)[:40]
+    smiles = molecules.sample_subset(short * 10, None, 0)
+    config = molecules.MolConfig(embedding=16, units=48, layers=1, batch_size=8, epochs=4, learning_rate=1e-2)
+    trained = molecules.train_generator(smiles, config=config, seed=0, validation=smiles[:50])
+    return molecules.save_model(trained, tmp_path_factory.mktemp("molecule-model"))
+
+
+def register_molecules(db_url: str, artifact: Path) -> str:
+    """Register ``artifact`` as the active molecules model in ``db_url``; returns its version."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.ml.registry import file_version
+
+    version = file_version(artifact)
+    with session_scope(db_url) as s:
+        repo.register_model(
+            s, name="molecules", version=version, uri=str(artifact), metrics={}, training_source="tiny test model"
+        )
+    return version

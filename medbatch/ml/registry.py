@@ -26,12 +26,14 @@ LOADERS: dict[str, str] = {
     "risk": "medbatch.ml.tabular:load_model",
     "treatment": "medbatch.ml.tabular:load_model",
     "xray": "medbatch.ml.xray:load_model",
+    "molecules": "medbatch.ml.molecules:load_model",
 }
 
 #: The shipped artifact for each model name, used when the registry has none yet.
 BUILTIN_ARTIFACTS: dict[str, str] = {
     "risk": "builtin:risk.skops",
     "treatment": "builtin:treatment.skops",
+    "molecules": "builtin:molecules.zip",
 }
 
 _cache: dict[tuple[str, str], Any] = {}

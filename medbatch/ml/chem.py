@@ -1,0 +1,376 @@
+"""RDKit scoring of generated molecules, and the MOSES metrics of a set of them.
+
+Per molecule: validity (RDKit parses and sanitizes it), canonical SMILES, QED, Crippen logP,
+molecular weight, the synthetic-accessibility score of Ertl and Schuffenhauer (RDKit Contrib
+``sascorer``, with its own fragment table ``fpscores.pkl.gz`` shipped inside RDKit), Lipinski's rule
+of five, PAINS alerts (RDKit's FilterCatalog, families A, B and C), the MOSES filters (the MCF and
+PAINS SMARTS shipped in ``molsets``, no charges, only C N S O F Cl Br H, no ring of 8 or more), and
+novelty against the MOSES training set.
+
+Metrics follow ``moses.metrics`` (MOSES is never imported: it needs torch): validity over everything
+generated; unique@k over the first k valid molecules; novelty over the unique valid ones; internal
+diversity ``1 - mean Tanimoto`` over all pairs (self pairs included, as MOSES does) of Morgan
+fingerprints (radius 2, 1024 bits); filters over the valid ones.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medbatch.ml.molecules import moses_data_dir
+
+#: Lipinski's rule of five: a molecule passes with at most one violation (Lipinski et al. 1997).
+LIPINSKI_MAX_VIOLATIONS = 1
+#: Pairs for internal diversity: above this many valid molecules, a seeded subsample is used.
+INTDIV_MAX_MOLECULES = 2000
+MOSES_ALLOWED_ATOMS = frozenset({"C", "N", "S", "O", "F", "Cl", "Br", "H"})
+
+_lock = threading.Lock()
+_cache: dict[str, Any] = {}
+
+
+def _rdkit():
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")  # parse errors are returned as reasons, not printed
+    return Chem
+
+
+def sascorer():
+    """RDKit's Contrib ``sascorer`` module, loaded from ``RDConfig.RDContribDir`` once per process."""
+    with _lock:
+        if "sascorer" not in _cache:
+            from rdkit import RDConfig
+
+            path = Path(RDConfig.RDContribDir) / "SA_Score" / "sascorer.py"
+            spec = importlib.util.spec_from_file_location("sascorer", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            module.readFragmentScores()  # RDKit's own fpscores.pkl.gz beside it
+            _cache["sascorer"] = module
+        return _cache["sascorer"]
+
+
+def _pains_catalog():
+    with _lock:
+        if "pains" not in _cache:
+            from rdkit.Chem.FilterCatalog import FilterCatalog, FilterCatalogParams
+
+            params = FilterCatalogParams()
+            params.AddCatalog(FilterCatalogParams.FilterCatalogs.PAINS)
+            _cache["pains"] = FilterCatalog(params)
+        return _cache["pains"]
+
+
+def _moses_filters() -> list:
+    """The MOSES filter SMARTS (MCF + WEHI PAINS) from the molsets package's data files."""
+    import csv
+
+    with _lock:
+        if "moses_filters" not in _cache:
+            Chem = _rdkit()
+            metrics = moses_data_dir().parent.parent / "metrics"
+            smarts: list[str] = []
+            with open(metrics / "mcf.csv", newline="") as fh:
+                smarts += [row["smarts"] for row in csv.DictReader(fh)]
+            with open(metrics / "wehi_pains.csv", newline="") as fh:
+                smarts += [row[0] for row in csv.reader(fh, skipinitialspace=True) if row]
+            patterns = [Chem.MolFromSmarts(s.strip()) for s in smarts]
+            _cache["moses_filters"] = [p for p in patterns if p is not None]
+        return _cache["moses_filters"]
+
+
+# --------------------------------------------------------------------------- training set (novelty)
+
+
+def smiles_hash(smiles: str) -> int:
+    """A 64-bit hash of a SMILES string (BLAKE2b), for a compact membership table."""
+    return int.from_bytes(hashlib.blake2b(smiles.encode(), digest_size=8).digest(), "little")
+
+
+class TrainingSet:
+    """Membership in the MOSES training set, as a sorted array of 64-bit hashes (12.7 MB for 1.58M).
+
+    The MOSES SMILES are RDKit canonical already (this RDKit leaves a 3,000-molecule sample unchanged),
+    and MOSES itself compares canonical generated SMILES with the raw training strings, so the raw
+    strings are hashed as they are. A hash collision (odds about 1e-7 per lookup) would call a new
+    molecule known.
+    """
+
+    def __init__(self, hashes: np.ndarray):
+        self.hashes = np.unique(np.asarray(hashes, dtype=np.uint64))
+
+    @classmethod
+    def from_smiles(cls, smiles: Iterable[str]) -> TrainingSet:
+        return cls(np.fromiter((smiles_hash(s) for s in smiles), dtype=np.uint64))
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __contains__(self, canonical: str) -> bool:
+        h = np.uint64(smiles_hash(canonical))
+        i = int(np.searchsorted(self.hashes, h))
+        return i < len(self.hashes) and self.hashes[i] == h
+
+
+def moses_training_set(cache_dir: Path | None = None) -> TrainingSet:
+    """The MOSES training set, once per process.
+
+    Hashing the 1.58M SMILES of ``train.csv.gz`` takes seconds, so the sorted hashes are kept in
+    ``cache_dir`` (default ``~/.cache/medbatch``), keyed by the file's size and modification time; a
+    cache that cannot be written or read is simply not used.
+    """
+    with _lock:
+        if "train" not in _cache:
+            path = moses_data_dir() / "train.csv.gz"
+            st = path.stat()
+            cache = (
+                Path(cache_dir or Path.home() / ".cache" / "medbatch")
+                / f"moses-train-{st.st_size}-{int(st.st_mtime)}.npy"
+            )
+            try:
+                _cache["train"] = TrainingSet(np.load(cache, allow_pickle=False))
+            except (OSError, ValueError):
+                with gzip.open(path, "rt") as fh:
+                    next(fh)
+                    training = TrainingSet.from_smiles(line.strip() for line in fh if line.strip())
+                _cache["train"] = training
+                try:
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = cache.with_suffix(f".{threading.get_ident()}.tmp.npy")
+                    np.save(tmp, training.hashes, allow_pickle=False)
+                    tmp.replace(cache)
+                except OSError:
+                    pass
+        return _cache["train"]
+
+
+# --------------------------------------------------------------------------- one molecule
+
+
+@dataclass
+class MoleculeScore:
+    """What RDKit says about one generated string. Properties are None when it is not a valid molecule."""
+
+    smiles: str  # as generated
+    valid: bool
+    reason: str | None = None  # why it is not valid
+    canonical: str | None = None
+    qed: float | None = None
+    logp: float | None = None
+    mol_weight: float | None = None
+    sa_score: float | None = None
+    lipinski_violations: int | None = None
+    lipinski_pass: bool | None = None
+    pains: list[str] = field(default_factory=list)
+    passes_moses_filters: bool | None = None
+    novel: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse(smiles: str) -> tuple[Any | None, str | None]:
+    """(RDKit molecule, None) or (None, the reason it is not a valid molecule)."""
+    Chem = _rdkit()
+    if not smiles:
+        return None, "empty generation"
+    mol = Chem.MolFromSmiles(smiles, sanitize=False)
+    if mol is None:
+        return None, "not parseable as SMILES"
+    if mol.GetNumAtoms() == 0:
+        return None, "no atoms"
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception as exc:  # noqa: BLE001 - RDKit raises several types; the message is the reason
+        return None, f"RDKit sanitization failed: {str(exc).strip()[:200]}"
+    return mol, None
+
+
+def canonical_smiles(smiles: str) -> str | None:
+    """RDKit canonical SMILES, or None when the string is not a valid molecule."""
+    mol, _ = parse(smiles)
+    return None if mol is None else _rdkit().MolToSmiles(mol)
+
+
+def passes_moses_filters(mol) -> bool:
+    """MOSES ``mol_passes_filters``: no ring of 8+ atoms, no charge, allowed atoms only, no MCF/PAINS match."""
+    Chem = _rdkit()
+    ring_info = mol.GetRingInfo()
+    if any(len(r) >= 8 for r in ring_info.AtomRings()):
+        return False
+    if any(a.GetFormalCharge() != 0 for a in mol.GetAtoms()):
+        return False
+    if any(a.GetSymbol() not in MOSES_ALLOWED_ATOMS for a in mol.GetAtoms()):
+        return False
+    h_mol = Chem.AddHs(mol)
+    return not any(h_mol.HasSubstructMatch(p) for p in _moses_filters())
+
+
+def score(smiles: str, training_set: TrainingSet | None = None) -> MoleculeScore:
+    """Score one generated string; an invalid one gets ``valid=False`` and a reason, never an exception."""
+    from rdkit.Chem import QED, Crippen, Descriptors, Lipinski
+
+    Chem = _rdkit()
+    mol, reason = parse(smiles)
+    if mol is None:
+        return MoleculeScore(smiles=smiles, valid=False, reason=reason)
+    canonical = Chem.MolToSmiles(mol)
+    logp = Crippen.MolLogP(mol)
+    mw = Descriptors.MolWt(mol)
+    violations = (
+        int(mw > 500) + int(logp > 5) + int(Lipinski.NumHDonors(mol) > 5) + int(Lipinski.NumHAcceptors(mol) > 10)
+    )
+    try:
+        qed = QED.qed(mol)
+    except Exception:  # noqa: BLE001 - QED fails on a few exotic valences; the rest still stands
+        qed = None
+    return MoleculeScore(
+        smiles=smiles,
+        valid=True,
+        canonical=canonical,
+        qed=None if qed is None else round(float(qed), 4),
+        logp=round(float(logp), 4),
+        mol_weight=round(float(mw), 3),
+        sa_score=round(float(sascorer().calculateScore(mol)), 4),
+        lipinski_violations=violations,
+        lipinski_pass=violations <= LIPINSKI_MAX_VIOLATIONS,
+        pains=sorted({m.GetDescription() for m in _pains_catalog().GetMatches(mol)}),
+        passes_moses_filters=passes_moses_filters(mol),
+        novel=None if training_set is None else canonical not in training_set,
+    )
+
+
+# --------------------------------------------------------------------------- metrics of a set
+
+
+def morgan_fingerprints(smiles: Sequence[str]) -> np.ndarray:
+    """``(n, 1024)`` uint8 Morgan fingerprints, radius 2 (MOSES settings), of valid SMILES."""
+    from rdkit.Chem import rdFingerprintGenerator
+
+    Chem = _rdkit()
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)
+    out = np.zeros((len(smiles), 1024), dtype=np.uint8)
+    for i, s in enumerate(smiles):
+        out[i] = gen.GetFingerprintAsNumPy(Chem.MolFromSmiles(s))
+    return out
+
+
+def internal_diversity(
+    smiles: Sequence[str], *, max_molecules: int = INTDIV_MAX_MOLECULES, seed: int = 0
+) -> float | None:
+    """MOSES IntDiv1: ``1 - mean Tanimoto`` over all ordered pairs, self pairs included.
+
+    Above ``max_molecules`` a seeded random subsample is used (the pair count grows with the square).
+    """
+    if not smiles:
+        return None
+    smiles = list(smiles)
+    if len(smiles) > max_molecules:
+        idx = np.random.default_rng(seed).choice(len(smiles), max_molecules, replace=False)
+        smiles = [smiles[i] for i in sorted(idx)]
+    fps = morgan_fingerprints(smiles).astype(np.float32)
+    inter = fps @ fps.T
+    counts = fps.sum(axis=1)
+    union = counts[:, None] + counts[None, :] - inter
+    tanimoto = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return round(float(1 - tanimoto.mean()), 4)
+
+
+def _unique_at(valid: Sequence[str], k: int) -> float | None:
+    head = valid[:k]
+    if len(head) < k:
+        return None  # MOSES cannot compute unique@k either: fewer than k valid molecules
+    return round(len(set(head)) / k, 4)
+
+
+def set_metrics(records: Sequence[dict[str, Any]], *, intdiv_seed: int = 0) -> dict[str, Any]:
+    """MOSES-style metrics of generated molecules in generation order.
+
+    Args:
+        records: one dict per generated string with ``canonical`` (None when invalid), ``novel`` and
+            ``passes_moses_filters`` (None when invalid), optionally ``qed``, ``sa_score``,
+            ``lipinski_pass`` and ``pains``.
+
+    Returns:
+        counts (generated, valid, unique, duplicates), validity, unique@1k/@10k (None below k valid),
+        unique (over all valid), novelty, intdiv, filters, and property summaries.
+    """
+    n = len(records)
+    valid = [r for r in records if r.get("canonical")]
+    canon = [r["canonical"] for r in valid]
+    first: dict[str, dict[str, Any]] = {}
+    for r in valid:
+        first.setdefault(r["canonical"], r)
+    unique = list(first.values())
+    novel = [r for r in unique if r.get("novel") is not None]
+
+    def mean(key: str, rows) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    def share(pred, rows) -> float | None:
+        return round(sum(1 for r in rows if pred(r)) / len(rows), 4) if rows else None
+
+    return {
+        "generated": n,
+        "valid": len(valid),
+        "unique": len(unique),
+        "duplicates": len(valid) - len(unique),
+        "validity": round(len(valid) / n, 4) if n else None,
+        "unique@1k": _unique_at(canon, 1000),
+        "unique@10k": _unique_at(canon, 10_000),
+        "unique_fraction": round(len(unique) / len(valid), 4) if valid else None,
+        "novelty": share(lambda r: r["novel"], novel),
+        "intdiv": internal_diversity([r["canonical"] for r in valid], seed=intdiv_seed),
+        "filters": share(lambda r: r.get("passes_moses_filters"), valid),
+        "lipinski_pass": share(lambda r: r.get("lipinski_pass"), unique),
+        "pains_free": share(lambda r: not r.get("pains"), unique),
+        "qed_mean": mean("qed", unique),
+        "sa_mean": mean("sa_score", unique),
+    }
+
+
+def evaluate_generator(
+    generator: Any,
+    *,
+    n: int = 10_000,
+    seed: int = 0,
+    temperature: float = 1.0,
+    training_set: TrainingSet | None = None,
+    chunk: int = 1000,
+) -> dict[str, Any]:
+    """Sample ``n`` strings from ``generator`` (``chunk`` at a time, seeds derived from ``seed``), score
+    them and return :func:`set_metrics` plus the sampling and scoring times."""
+    import time
+
+    training_set = training_set if training_set is not None else moses_training_set()
+    records: list[dict[str, Any]] = []
+    sample_s = score_s = 0.0
+    for i, start in enumerate(range(0, n, chunk)):
+        t0 = time.perf_counter()
+        seed_i = int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint32)[0])
+        generated = generator.sample(min(chunk, n - start), seed=seed_i, temperature=temperature)
+        t1 = time.perf_counter()
+        records += [score(g.smiles, training_set).as_dict() for g in generated]
+        sample_s += t1 - t0
+        score_s += time.perf_counter() - t1
+    metrics = set_metrics(records, intdiv_seed=seed)
+    metrics.update(
+        samples=n,
+        sample_seed=seed,
+        temperature=temperature,
+        sample_s=round(sample_s, 2),
+        score_s=round(score_s, 2),
+        examples=[r["canonical"] for r in records if r.get("canonical")][:10],
+    )
+    return metrics
