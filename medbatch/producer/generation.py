@@ -1,0 +1,112 @@
+"""A molecule-generation request becomes a job: one item per molecule slot, batches on the ``molecules`` queue.
+
+Each item's payload says everything its batch needs to regenerate it exactly: the batch's seed (derived
+from the job's seed and the batch's sequence number), the slot's position ``k`` in that batch, the batch
+size ``n`` and the temperature. A worker samples ``n`` sequences with that seed and keeps the ``k``-th
+for each pending item, so a re-delivered or re-run batch produces the same molecules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from medbatch.errors import InvalidInput
+from medbatch.producer.enqueue import Progress, Send, SubmitSummary, ensure_model, stage_job
+from medbatch.producer.records import RecordChunk
+
+#: Molecules per batch message: one compiled sampling pass and about a minute of RDKit scoring on one core.
+DEFAULT_BATCH_SIZE = 500
+MAX_COUNT = 1_000_000
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 3.0
+MAX_SEED = 2**32 - 1
+#: Slots staged per transaction.
+CHUNK = 20_000
+
+
+def batch_seed(job_seed: int, seq: int) -> int:
+    """The sampling seed of batch ``seq`` of a job seeded with ``job_seed`` (NumPy ``SeedSequence``)."""
+    return int(np.random.SeedSequence([job_seed, seq]).generate_state(1, dtype=np.uint32)[0])
+
+
+def validate_request(count: int, seed: int, temperature: float, batch_size: int) -> None:
+    """Raise :class:`InvalidInput` with what to fix when a request is out of range."""
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+        raise InvalidInput(f"--count must be a whole number from 1 to {MAX_COUNT:,} (got {count!r})")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise InvalidInput(f"--seed must be a whole number from 0 to {MAX_SEED} (got {seed!r})")
+    if not isinstance(temperature, int | float) or not math.isfinite(temperature):
+        raise InvalidInput(f"--temperature must be a number (got {temperature!r})")
+    if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise InvalidInput(
+            f"--temperature must be from {MIN_TEMPERATURE} to {MAX_TEMPERATURE} (got {temperature}); "
+            "1.0 samples the model as trained, lower is more conservative"
+        )
+    if not 1 <= batch_size <= 10_000:
+        raise InvalidInput(f"--batch-size must be from 1 to 10,000 (got {batch_size})")
+
+
+def iter_generation_chunks(count: int, *, seed: int, temperature: float, batch_size: int) -> Iterator[RecordChunk]:
+    """The job's slots as items, ``CHUNK`` at a time; chunk sizes are multiples of ``batch_size`` so that
+    batch ``seq`` holds exactly slots ``seq * batch_size ...``."""
+    step = max(batch_size, CHUNK // batch_size * batch_size)
+    for start in range(0, count, step):
+        items = []
+        for slot in range(start, min(count, start + step)):
+            seq, k = divmod(slot, batch_size)
+            n = min(batch_size, count - seq * batch_size)
+            items.append(
+                {
+                    "item_key": f"slot:{slot}",
+                    "source_uri": f"generate:seed={seed}",
+                    "source_row": slot + 1,
+                    "patient_ref": None,
+                    "payload": {
+                        "slot": slot,
+                        "seed": batch_seed(seed, seq),
+                        "k": k,
+                        "n": n,
+                        "temperature": float(temperature),
+                    },
+                }
+            )
+        yield RecordChunk(items=items, bytes_read=len(items))
+
+
+def submit_molecules(
+    *,
+    database_url: str,
+    send: Send,
+    count: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    model: tuple[str, str] | None = None,
+    progress: Progress | None = None,
+    submitted_by: str | None = None,
+) -> SubmitSummary:
+    """Stage a request for ``count`` molecules and queue its batches on the ``molecules`` queue.
+
+    ``model`` pins a registered (name, version); by default the active molecules model, or the one
+    shipped with medbatch.
+
+    Raises:
+        InvalidInput: count, seed, temperature or batch size out of range; no model.
+        BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
+    """
+    validate_request(count, seed, temperature, batch_size)
+    model = model or ensure_model(database_url, "molecules")
+    return stage_job(
+        database_url=database_url,
+        workload="molecules",
+        source=f"generate:count={count},seed={seed},temperature={temperature}",
+        model=model,
+        options={"count": count, "seed": seed, "temperature": float(temperature)},
+        chunks=iter_generation_chunks(count, seed=seed, temperature=temperature, batch_size=batch_size),
+        batch_size=batch_size,
+        send=send,
+        progress=progress,
+        submitted_by=submitted_by,
+    )

@@ -1,0 +1,24 @@
+"""Celery adapter for the molecule workload: a batch ID in, a small dict out."""
+
+from celery import shared_task
+
+from medbatch.config import get_settings
+from medbatch.errors import PermanentError, WrongDatabase
+from medbatch.pipeline import molecules
+from medbatch.tasks import refuses_foreign
+
+
+@shared_task(
+    name="medbatch.molecules.generate_batch",
+    bind=True,
+    autoretry_for=(Exception,),
+    dont_autoretry_for=(PermanentError, WrongDatabase),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=20,
+)
+@refuses_foreign
+def generate_batch(self, batch_id: int, db: str | None = None) -> dict:
+    s = get_settings()
+    return molecules.generate_batch(batch_id, database_url=s.database_url, max_attempts=s.max_attempts, expected_db=db)
