@@ -1,8 +1,8 @@
 """Benchmark: the same job, undisturbed and then through a worker SIGKILL, a Redis crash and a PostgreSQL crash.
 
 Runs on services of its own (a private PostgreSQL cluster and a private Redis, started here and removed
-at the end), so nothing shared is disturbed. The events are scheduled at fixed fractions of the
-undisturbed run's time, so they fall in the middle of the job on any machine:
+at the end), so nothing shared is disturbed. The events are scheduled by progress (when a given share
+of the items has a result), so each falls in the middle of the work on any machine:
 
 - worker SIGKILLed (main process and pool children), restarted at once as a supervisor would;
 - Redis killed and restarted empty (every queued message lost), then ``reconcile`` re-sends what is unfinished;
@@ -40,8 +40,8 @@ from medbatch.worker.embedded import start_local_redis  # noqa: E402
 from medbatch.worker.processes import WorkerProcess, start_worker, wait_until_ready  # noqa: E402
 from tests.services import start_private_postgres  # noqa: E402
 
-#: When each event fires, as a fraction of the undisturbed run's time to finish.
-SCHEDULE = (("kill worker", 0.15), ("redis crash", 0.40), ("postgres crash", 0.65))
+#: When each event fires: once this share of the job's items has a result.
+SCHEDULE = (("kill worker", 0.20), ("redis crash", 0.45), ("postgres crash", 0.70))
 POSTGRES_DOWN_S = 3.0
 
 
@@ -104,7 +104,7 @@ class Run:
 
 
 def run_job(run: Run, events: dict[str, float] | None, redis_restart, postgres) -> tuple[float, tuple]:
-    """Submit, fire ``events`` (name -> seconds after submit), wait; returns (seconds to finish, final state)."""
+    """Submit, fire ``events`` (name -> share of items done), wait; returns (seconds to finish, final state)."""
     run.start_worker()
     start = time.perf_counter()
     summary = run.submit()
@@ -112,12 +112,14 @@ def run_job(run: Run, events: dict[str, float] | None, redis_restart, postgres) 
     deadline = start + run.args.timeout_s
     state = None
     while time.perf_counter() < deadline:
-        now = time.perf_counter() - start
-        while pending and now >= pending[0][1]:
-            name, _ = pending.pop(0)
-            fire(run, name, redis_restart, postgres)
-            run.events.append(f"{name} at {time.perf_counter() - start:.1f}s")
         state = _job_state(run.db_url, summary.job_id)
+        done = state[2] if state else 0
+        if pending and done >= pending[0][1] * summary.items_staged:
+            name, _ = pending.pop(0)
+            at = time.perf_counter() - start
+            fire(run, name, redis_restart, postgres)
+            run.events.append(f"{name} at {at:.1f}s ({done:,} done)")
+            continue
         if state and state[0] in FINISHED_JOB and not pending:
             return time.perf_counter() - start, (summary.items_staged, *state)
         time.sleep(0.1)
@@ -176,10 +178,7 @@ def main() -> None:
             upgrade(db_url)
             run = Run(args, db_url, redis_url, data, label)
             try:
-                events = None
-                if label == "chaos":
-                    base = results["undisturbed"][0]
-                    events = {name: frac * base for name, frac in SCHEDULE}
+                events = dict(SCHEDULE) if label == "chaos" else None
                 results[label] = (*run_job(run, events, redis_restart, postgres), run.events)
             finally:
                 run.close()

@@ -80,11 +80,11 @@ def test_postgres_restarted_mid_job_tasks_retry_and_the_job_completes(private_po
         while _outcome(url, summary.job_id)[0] == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         # When PostgreSQL crashes (immediate stop: no checkpoint, clients cut off), stays down 3 s, comes back
+        done_at_crash = _outcome(url, summary.job_id)[0]
         private_postgres.stop("immediate")
         time.sleep(3)
         private_postgres.start()
         dispose_engines()  # this process's pooled connections died with the server
-        done_at_crash = _outcome(url, summary.job_id)[0]
         # Then the tasks that met the outage retried, and every item ends with exactly one result
         counts = wait_for_job(url, summary.job_id, timeout_s=90)
         results, distinct, not_done = _outcome(url, summary.job_id)
