@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,7 +11,10 @@ import time
 
 import pytest
 import requests
+from sqlalchemy import select
 
+from medbatch.db.session import session_scope
+from medbatch.db.tables import Batch
 from medbatch.producer.enqueue import submit_records
 from medbatch.producer.synthetic import write_patients
 from tests.conftest import wait_for_job
@@ -75,6 +79,26 @@ def test_flower_lists_worker_and_finished_task(service_env, db_url, sender, star
         assert worker.name in workers
         assert done, f"no finished task in Flower: {tasks}"
         assert all("MRN" not in str(t.get("args")) and "SYN-" not in str(t.get("args")) for t in tasks.values())
+        # Every event of a task's life reached Flower: sent (by the producer), received, started, succeeded
+        with session_scope(db_url) as s:
+            batch_ids = set(s.scalars(select(Batch.id).where(Batch.job_id == summary.job_id)))
+        assert len(done) == len(batch_ids) == 1
+        for task in done:
+            assert all(task.get(event) for event in ("sent", "received", "started", "succeeded")), task
+            assert task["sent"] <= task["started"] <= task["succeeded"]
+            # Flower shows the batch ID only (argsrepr), and the database identity as the one keyword
+            assert task["args"] in {f"[{b}]" for b in batch_ids}
+            assert "'db':" in task["kwargs"] and "patient" not in task["kwargs"].lower()
+        # And Flower's Prometheus endpoint counts those events. Flower 2.2 serves /metrics (like
+        # /healthcheck) without its basic auth: it carries task and worker names, never arguments.
+        for anyone in (None, auth):
+            r = _get(f"{base}/metrics", anyone)
+            assert r is not None and r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+        metrics = r.text
+        for event in ("task-sent", "task-received", "task-started", "task-succeeded"):
+            assert re.search(rf'flower_events_total\{{[^}}]*type="{event}"[^}}]*\}} [1-9]', metrics), event
+        assert f'flower_worker_online{{worker="{worker.name}"}} 1.0' in metrics
+        assert 'flower_task_runtime_seconds_count{task="medbatch.tabular.score_batch"' in metrics
     finally:
         flower.terminate()
         try:
