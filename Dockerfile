@@ -30,6 +30,17 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
+# GPU image (compose's worker-imaging-gpu builds with TENSORFLOW_GPU=1): swap the CPU-only TensorFlow
+# wheel for the same version with its CUDA libraries from PyPI. The NVIDIA driver comes from the host
+# through the NVIDIA Container Toolkit, so the base image stays python:3.11-slim. x86_64 hosts only
+# (elsewhere pyproject installs `tensorflow`, not `tensorflow-cpu`, and this step fails loudly).
+ARG TENSORFLOW_GPU=0
+RUN if [ "$TENSORFLOW_GPU" = "1" ]; then \
+        version="$(python -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))')" \
+     && pip uninstall -y tensorflow-cpu \
+     && pip install "tensorflow[and-cuda]==${version}"; \
+    fi
+
 # Layer 2, the package itself: setuptools needs the package directory to build. --no-deps because
 # layer 1 already installed them. The shipped models (medbatch/models/*), samples and Alembic
 # migrations are package data (see [tool.setuptools.package-data]) and are installed with it.
