@@ -44,7 +44,7 @@ def test_gpu_worker_is_opt_in_and_reserves_one_named_gpu():
     assert "count" not in device and len(device["device_ids"]) == 1
     assert gpu["build"]["args"]["TENSORFLOW_GPU"] == "1" and gpu["image"] != SERVICES["worker-imaging"]["image"]
     assert "-c" in gpu["command"] and gpu["command"][gpu["command"].index("-c") + 1] == "1"
-    assert 'TENSORFLOW_GPU' in (ROOT / "Dockerfile").read_text()
+    assert "TENSORFLOW_GPU" in (ROOT / "Dockerfile").read_text()
     # Only the GPU worker and Prometheus are behind profiles: `docker compose up` starts the whole CPU stack
     assert {n for n, s in SERVICES.items() if "profiles" in s} == {"worker-imaging-gpu", "prometheus"}
     assert SERVICES["prometheus"]["profiles"] == ["monitoring"]
@@ -82,7 +82,7 @@ def test_secrets_come_from_the_env_file_never_inline():
         assert ":" not in userinfo or userinfo.split(":", 1)[1].startswith("${"), userinfo
     for name, service in SERVICES.items():
         env = service.get("environment", {})
-        for key, value in (env.items() if isinstance(env, dict) else []):
+        for key, value in env.items() if isinstance(env, dict) else []:
             if re.search(r"PASSWORD|AUTH|SECRET|API_KEY", key):
                 assert str(value).startswith("${"), f"{name}: {key} is inline"
     # every required ${VAR:?...} is documented in .env.example
