@@ -84,6 +84,7 @@ class Run:
         self.app = create_app(Settings(broker_url=redis_url, database_url=db_url))
         self.workers: list[WorkerProcess] = []
         self.events: list[str] = []
+        self.first_result_s = 0.0
 
     def start_worker(self, wait: bool = True) -> WorkerProcess:
         log = self.args.workdir / f"{self.label}-worker-{len(self.workers)}.log"
@@ -114,6 +115,8 @@ def run_job(run: Run, events: dict[str, float] | None, redis_restart, postgres) 
     while time.perf_counter() < deadline:
         state = _job_state(run.db_url, summary.job_id)
         done = state[2] if state else 0
+        if done and not run.first_result_s:
+            run.first_result_s = time.perf_counter() - start
         if pending and done >= pending[0][1] * summary.items_staged:
             name, _ = pending.pop(0)
             at = time.perf_counter() - start
@@ -179,7 +182,7 @@ def main() -> None:
             run = Run(args, db_url, redis_url, data, label)
             try:
                 events = dict(SCHEDULE) if label == "chaos" else None
-                results[label] = (*run_job(run, events, redis_restart, postgres), run.events)
+                results[label] = (*run_job(run, events, redis_restart, postgres), run.events, run.first_result_s)
             finally:
                 run.close()
             dispose_engines()
@@ -193,11 +196,11 @@ def main() -> None:
         f"(prefork), private PostgreSQL + Redis, visibility timeout {args.visibility_timeout_s}s, "
         f"{os.cpu_count()} cores"
     )
-    for label, (wall, (staged, status, res, distinct, open_items), events) in results.items():
+    for label, (wall, (staged, status, res, distinct, open_items), events, first_s) in results.items():
         lost = staged - distinct
         print(
             f"  {label:<12} {wall:7.1f} s  {status:<21} staged {staged:,}  results {res:,}  "
-            f"lost {lost}  duplicated {res - distinct}  unfinished {open_items}"
+            f"lost {lost}  duplicated {res - distinct}  unfinished {open_items}  (first result at {first_s:.1f}s)"
         )
         if events:
             print(f"  {'':<12} events: {'; '.join(events)} (PostgreSQL down {POSTGRES_DOWN_S:.0f}s)")
