@@ -79,7 +79,7 @@ class PrivatePostgres:
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.workdir} "
             "-c fsync=off -c full_page_writes=off -c max_connections=100"
         )
-        self._run(
+        run = self._run(
             _pg_bin("pg_ctl"),
             "-D",
             str(self.workdir / "data"),
@@ -91,7 +91,11 @@ class PrivatePostgres:
             "-t",
             str(int(timeout_s)),
             "start",
+            check=False,
         )
+        if run.returncode != 0:
+            log = self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
+            raise RuntimeError(f"private PostgreSQL on port {self.port} did not start: {run.stderr}\n{log}")
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; ``mode="immediate"`` is a crash (no checkpoint, clients cut off)."""
