@@ -256,6 +256,17 @@ def _stretch(arr: np.ndarray, lo_pct: float = 0.0, hi_pct: float = 100.0) -> np.
 
 
 def _decode_dicom(data: bytes, *, max_pixels: int, modalities: frozenset[str], force: bool) -> DecodedImage:
+    """pydicom parses elements lazily, so a corrupt element can raise on first access, anywhere below:
+    anything but our own refusal is a corrupt header, reported as such."""
+    try:
+        return _decode_dicom_checked(data, max_pixels=max_pixels, modalities=modalities, force=force)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile bytes: never more than an item error
+        raise ImageRejected(f"DICOM is corrupt: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_dicom_checked(data: bytes, *, max_pixels: int, modalities: frozenset[str], force: bool) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 

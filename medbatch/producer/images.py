@@ -105,14 +105,18 @@ def _dicom_header(path: Path, modalities: frozenset[str], force: bool) -> str | 
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=force)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on hostile input
         raise images.ImageRejected(f"DICOM header is unreadable: {type(exc).__name__}: {exc}") from None
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    try:
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        has_image = "Rows" in ds or "Columns" in ds
+        pid = str(ds.get("PatientID", "") or "").strip()
+    except Exception as exc:  # noqa: BLE001 - pydicom parses lazily: a corrupt element raises here
+        raise images.ImageRejected(f"DICOM header is corrupt: {type(exc).__name__}: {exc}") from None
     if modality and modality not in modalities:
         raise images.ImageRejected(
             f"DICOM modality {modality} is not a radiograph (accepted: {', '.join(sorted(modalities))})"
         )
-    if "Rows" not in ds and "Columns" not in ds:
+    if not has_image:
         raise images.ImageRejected("DICOM has no image (no rows/columns: a DICOMDIR, report or other non-image)")
-    pid = str(ds.get("PatientID", "") or "").strip()
     return pid[:128] or None
 
 

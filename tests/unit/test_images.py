@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -209,6 +209,7 @@ _SEEDS = {
     edits=st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 255)), max_size=12),
     cut=st.one_of(st.none(), st.integers(0, 10**9)),
 )
+@example(kind="dicom", edits=[(529, 0)], cut=None)  # found by this test: a lazily parsed, corrupt VR
 def test_fuzzed_files_are_either_read_or_refused_with_a_reason(kind, edits, cut):
     # Given a valid PNG or DICOM with random bytes overwritten and maybe cut short
     data = bytearray(_SEEDS[kind])
