@@ -287,10 +287,10 @@ def internal_diversity(
 
 
 def _unique_at(valid: Sequence[str], k: int) -> float | None:
+    """Share of distinct molecules among the first ``k`` valid ones. With fewer than ``k`` valid, MOSES
+    warns and uses all of them; so do we (``set_metrics`` reports how many were used)."""
     head = valid[:k]
-    if len(head) < k:
-        return None  # MOSES cannot compute unique@k either: fewer than k valid molecules
-    return round(len(set(head)) / k, 4)
+    return round(len(set(head)) / len(head), 4) if head else None
 
 
 def set_metrics(records: Sequence[dict[str, Any]], *, intdiv_seed: int = 0) -> dict[str, Any]:
@@ -302,7 +302,8 @@ def set_metrics(records: Sequence[dict[str, Any]], *, intdiv_seed: int = 0) -> d
             ``lipinski_pass`` and ``pains``.
 
     Returns:
-        counts (generated, valid, unique, duplicates), validity, unique@1k/@10k (None below k valid),
+        counts (generated, valid, unique, duplicates), validity, unique@1k/@10k (over fewer valid
+        molecules than k when there are fewer, as MOSES does; ``unique@k_used`` says how many),
         unique (over all valid), novelty, intdiv, filters, and property summaries.
     """
     n = len(records)
@@ -329,6 +330,7 @@ def set_metrics(records: Sequence[dict[str, Any]], *, intdiv_seed: int = 0) -> d
         "validity": round(len(valid) / n, 4) if n else None,
         "unique@1k": _unique_at(canon, 1000),
         "unique@10k": _unique_at(canon, 10_000),
+        "unique@k_used": {"1k": min(len(canon), 1000), "10k": min(len(canon), 10_000)},
         "unique_fraction": round(len(unique) / len(valid), 4) if valid else None,
         "novelty": share(lambda r: r["novel"], novel),
         "intdiv": internal_diversity([r["canonical"] for r in valid], seed=intdiv_seed),

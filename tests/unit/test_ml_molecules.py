@@ -174,7 +174,8 @@ def test_metrics_on_known_inputs():
     m = chem.set_metrics(records)
     assert m["generated"] == 5 and m["valid"] == 4 and m["unique"] == 3 and m["duplicates"] == 1
     assert m["validity"] == 0.8
-    assert m["unique@1k"] is None and m["unique@10k"] is None  # fewer than k valid: MOSES cannot say either
+    # Fewer than k valid: MOSES warns and uses them all, and so do we, saying how many were used
+    assert m["unique@1k"] == m["unique@10k"] == 0.75 and m["unique@k_used"] == {"1k": 4, "10k": 4}
     assert m["unique_fraction"] == 0.75
     assert m["novelty"] == pytest.approx(2 / 3, abs=1e-4)
     assert m["filters"] == 0.75
@@ -188,7 +189,7 @@ def test_metrics_on_known_inputs():
 def test_unique_at_k_uses_the_first_k_valid():
     valid = [_rec(f"C{'C' * (i % 900)}O") for i in range(1200)] + [_rec(None)] * 10
     m = chem.set_metrics(valid)
-    assert m["unique@1k"] == 0.9 and m["unique@10k"] is None
+    assert m["unique@1k"] == 0.9 and m["unique@10k"] == 0.75 and m["unique@k_used"]["10k"] == 1200
 
 
 def test_metrics_of_an_empty_or_all_invalid_generation():
