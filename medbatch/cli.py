@@ -275,16 +275,54 @@ def submit_xray(
     _after_submit(summary, url, as_json, wait)
 
 
+@submit_app.command("molecules")
+def submit_molecules(
+    count: Annotated[int, typer.Option("--count", "-n", help="How many molecules to generate (1 to 1,000,000).")],
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed and model give the same molecules.")] = 0,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature, 0.05 to 3.0: 1.0 samples the model as trained.")
+    ] = 1.0,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Molecules per batch message \\[default: 500].")
+    ] = None,
+    as_json: AsJson = False,
+    wait: Wait = False,
+) -> None:
+    """Generate drug-like molecules (SMILES CharRNN), scored with RDKit and measured against MOSES."""
+    from medbatch.producer.generation import DEFAULT_BATCH_SIZE, submit_molecules
+
+    url = _db()
+    try:
+        summary = submit_molecules(
+            database_url=url,
+            send=_sender(),
+            count=count,
+            seed=seed,
+            temperature=temperature,
+            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        )
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    _after_submit(summary, url, as_json, wait)
+
+
 # --------------------------------------------------------------------------- status, results, resume
 
 
 def _counts(url: str, job_id: int) -> dict:
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
+    from medbatch.db.tables import FINISHED_JOB
 
     try:
         with session_scope(url) as s:
-            return repo.job_counts(s, job_id)
+            counts = repo.job_counts(s, job_id)
+        if counts["workload"] == "molecules" and counts["status"] in FINISHED_JOB and counts.get("metrics") is None:
+            # The worker that finished the job died before measuring it: measure it now (idempotent).
+            from medbatch.pipeline.molecules import finalize_job
+
+            counts["metrics"] = finalize_job(url, job_id)
+        return counts
     except MedbatchError as exc:
         raise _handle(exc) from None
 
@@ -360,9 +398,36 @@ def _print_status(c: dict) -> None:
         )
     if c["error"]:
         table.add_row("job error", c["error"])
+    if c.get("metrics") and c["workload"] == "molecules":
+        _add_molecule_metrics(table, c["metrics"])
     table.add_row("created", c["created_at"] or "")
     table.add_row("finished", c["finished_at"] or "")
     out.print(table)
+
+
+def _add_molecule_metrics(table: Table, m: dict) -> None:
+    """Job metrics beside the MOSES CharRNN row."""
+
+    def f(v) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    ref = m.get("reference") or {}
+    table.add_row(
+        "molecules",
+        f"{m['generated']} generated · {m['valid']} valid · {m['unique']} unique · {m['duplicates']} duplicates",
+    )
+    keys = ("validity", "unique@1k", "unique@10k", "novelty", "intdiv", "filters")
+    table.add_row("metric", "   ".join(f"{k:>10}" for k in keys))
+    table.add_row("this job", "   ".join(f"{f(m.get(k)):>10}" for k in keys))
+    table.add_row("MOSES CharRNN", "   ".join(f"{f(ref.get(k)) if k in ref else '-':>10}" for k in keys))
+    used = (m.get("unique@k_used") or {}).get("10k")
+    if used is not None and used < 10_000:
+        table.add_row("note", f"unique@10k is over the {used} valid molecules there are (fewer than 10k; as MOSES)")
+    table.add_row(
+        "properties",
+        f"QED mean {f(m.get('qed_mean'))} · SA mean {f(m.get('sa_mean'))} · Lipinski pass {f(m.get('lipinski_pass'))}"
+        f" · PAINS-free {f(m.get('pains_free'))} (unique valid molecules)",
+    )
 
 
 @app.command()
@@ -486,6 +551,119 @@ def beat() -> None:
     from medbatch.worker.app import app as celery_app
 
     celery_app.Beat(loglevel=get_settings().log_level, schedule="/tmp/medbatch-beat-schedule").run()
+
+
+# --------------------------------------------------------------------------- the night
+
+
+@app.command()
+def nightly(
+    inbox: Annotated[
+        Path | None, typer.Option("--inbox", help="Inbox folder [MEDBATCH_NIGHTLY_INBOX].", show_default=False)
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the jobs, then judge the night.")] = True,
+    timeout_s: Annotated[
+        int | None, typer.Option(help="Longest wait in seconds [MEDBATCH_NIGHTLY_TIMEOUT_S].", show_default=False)
+    ] = None,
+    settle_s: Annotated[
+        int | None, typer.Option(help="Leave files modified this recently [MEDBATCH_NIGHTLY_SETTLE_S].")
+    ] = None,
+    summary: Annotated[bool, typer.Option("--summary/--no-summary", help="Write the night's HTML page.")] = True,
+    as_json: AsJson = False,
+) -> None:
+    """Submit what arrived in the inbox since the last run, wait, and exit 1 if anything needs a human."""
+    from dataclasses import replace
+
+    from medbatch.nightly import NightlyConfig, run_nightly
+
+    settings = get_settings()
+    folder = inbox or settings.nightly_inbox
+    if folder is None:
+        raise _fail("give --inbox DIR or set MEDBATCH_NIGHTLY_INBOX", EXIT_INVALID_INPUT)
+    url = _db()
+    cfg = NightlyConfig.from_settings(settings)
+    if settle_s is not None:
+        cfg = replace(cfg, settle_s=settle_s)
+    say = (lambda m: None) if as_json else (lambda m: err.print(m, highlight=False))
+    try:
+        outcome = run_nightly(
+            folder,
+            cfg,
+            _sender(),
+            wait=wait,
+            timeout_s=timeout_s if timeout_s is not None else settings.nightly_timeout_s,
+            progress=say,
+        )
+        if summary and wait:
+            from datetime import date
+
+            from medbatch.summary import write_night
+
+            outcome.summary_html = str(
+                write_night(url, date.fromisoformat(outcome.night), settings.results_dir / "nights", settings.timezone)
+            )
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    if as_json:
+        out.print_json(json.dumps(outcome.as_dict(), default=str))
+    else:
+        for j in outcome.jobs:
+            err.print(
+                f"job {j['job_id']} {j['workload']}: {j.get('status')} ({j.get('items_done', 0)} done, "
+                f"{j.get('items_failed', 0)} failed, {j['rejected']} rejected)",
+                highlight=False,
+            )
+        review = outcome.awaiting_review
+        err.print(
+            f"awaiting clinical review: {review.get('xray_positives', 0)} X-ray positive(s), "
+            f"{review.get('draft_reports', 0)} draft report(s)"
+        )
+        if outcome.summary_html:
+            err.print(f"summary: {outcome.summary_html}")
+        if outcome.needs_human:
+            err.print("[bold red]needs a human:[/]")
+            for line in outcome.needs_human:
+                err.print(f"  - {line}", highlight=False)
+        elif not outcome.jobs:
+            err.print("nothing new in the inbox")
+        else:
+            err.print("[green]every job of the night completed cleanly[/]")
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command("report-night")
+def report_night(
+    night: Annotated[
+        str | None, typer.Argument(help="The night, YYYY-MM-DD (noon to noon) [default: the last one].")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder for the page [MEDBATCH_RESULTS_DIR/nights].")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Write the morning summary of a night as one self-contained HTML page (plots inside)."""
+    from datetime import UTC, date, datetime
+
+    from medbatch.nightly import night_of
+    from medbatch.summary import collect, write_night
+
+    settings = get_settings()
+    url = _db()
+    try:
+        day = date.fromisoformat(night) if night else night_of(datetime.now(UTC), settings.timezone)
+    except ValueError:
+        raise _fail(f"not a date: {night!r} (use YYYY-MM-DD)", EXIT_INVALID_INPUT) from None
+    if as_json:
+        data = collect(url, day, settings.timezone)
+        out.print_json(json.dumps(data, default=str))
+        return
+    path = write_night(url, day, output or settings.results_dir / "nights", settings.timezone)
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+
+    with session_scope(url) as s:
+        repo.audit(s, actor=whoami(), action="export", detail={"night": day.isoformat(), "file": str(path)})
+    out.print(str(path))
 
 
 # --------------------------------------------------------------------------- models
@@ -612,6 +790,77 @@ def train_xray(
                 "held_out_test": test,
                 "splits": trained.meta["training_data"]["splits"],
                 "notes": trained.meta["training_data"]["notes"],
+            },
+            default=str,
+        )
+    )
+
+
+@train_app.command("molecules")
+def train_molecules(
+    subset: Annotated[
+        int, typer.Option(min=0, help="MOSES training SMILES to use, a seeded random subset (0 = all 1.58M).")
+    ] = 280_000,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the subset.")] = 1,
+    units: Annotated[int, typer.Option(min=8, help="LSTM units per layer.")] = 256,
+    layers: Annotated[int, typer.Option(min=1, max=6, help="LSTM layers.")] = 2,
+    learning_rate: Annotated[float, typer.Option(min=1e-6, help="Adam learning rate (cosine decay).")] = 2e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="SMILES per training step.")] = 128,
+    eval_samples: Annotated[
+        int, typer.Option(min=0, help="Molecules sampled after training to measure the MOSES metrics.")
+    ] = 10_000,
+    time_budget_min: Annotated[
+        float | None, typer.Option(help="Stop training after this many minutes (recorded; not reproducible).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (subset, weights, evaluation samples).")] = 0,
+) -> None:
+    """Train the SMILES CharRNN on the MOSES training set, measure it (MOSES metrics) and register it."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.ml import molecules, registry
+
+    url = _db()
+    try:
+        trained = molecules.train_on_moses(
+            subset=subset or None,
+            epochs=epochs,
+            seed=seed,
+            config=molecules.MolConfig(units=units, layers=layers, learning_rate=learning_rate, batch_size=batch_size),
+            eval_samples=eval_samples,
+            time_budget_s=None if time_budget_min is None else time_budget_min * 60,
+            log=lambda m: err.print(m, highlight=False),
+        )
+        directory = Path(out_dir or get_settings().model_dir)
+        path = registry.save_versioned(lambda d: molecules.save_model(trained, d), directory, "molecules")
+        card = molecules.write_card(trained, path)
+        version = registry.file_version(path)
+        source = trained.meta["training_source"]
+        with session_scope(url) as s:
+            repo.register_model(
+                s,
+                name="molecules",
+                version=version,
+                uri=str(path.resolve()),
+                metrics=trained.meta["metrics"],
+                training_source=source,
+            )
+            repo.audit(
+                s, actor=whoami(), action="train", detail={"model": "molecules", "version": version, "source": source}
+            )
+    except MedbatchError as exc:
+        raise _handle(exc) from None
+    err.print(f"saved {path} (version {version}), registered as the active molecules model; card {card}")
+    out.print_json(
+        json.dumps(
+            {
+                "name": "molecules",
+                "version": version,
+                "artifact": str(path),
+                "metrics": trained.meta["metrics"],
+                "reference_moses_charrnn": molecules.MOSES_CHARRNN,
             },
             default=str,
         )
@@ -793,16 +1042,44 @@ def flower(
 
 
 @app.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9808,
+    address: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a container).")] = "127.0.0.1",
+    items_every_s: Annotated[
+        float, typer.Option(help="Recount items at most this often (one index entry per item of tonight's jobs).")
+    ] = 60.0,
+) -> None:
+    """Serve job-level Prometheus metrics on /metrics: items, batches, queue depth, age of the oldest, stalls."""
+    import threading
+
+    from medbatch.monitoring import serve
+
+    settings = get_settings()
+    try:
+        server, _thread = serve(
+            settings.database_url, settings.broker_url, port=port, address=address, item_counts_every_s=items_every_s
+        )
+    except OSError as exc:
+        raise _fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}", EXIT_UNAVAILABLE) from None
+    err.print(f"serving medbatch metrics on http://{address}:{port}/metrics", highlight=False)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its inputs and results.")] = Path(
         "medbatch-demo"
     ),
     patients: Annotated[int, typer.Option(help="Synthetic patients per workload.")] = 2000,
+    molecules: Annotated[int, typer.Option(min=0, help="Molecules to generate (0 skips the molecule job).")] = 200,
 ) -> None:
     """The main job on embedded defaults: local Redis if none, SQLite, workers, sample jobs, summary."""
     from medbatch.demo import run_demo
 
-    code = run_demo(workdir=workdir, patients=patients, console=err)
+    code = run_demo(workdir=workdir, patients=patients, console=err, molecules=molecules)
     raise typer.Exit(code)
 
 

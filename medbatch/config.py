@@ -96,6 +96,15 @@ class Settings(BaseSettings):
             return None
         return roots
 
+    # The nightly run (`medbatch nightly`, or beat at nightly_hour:nightly_minute in `timezone`).
+    timezone: str = Field("UTC", description="IANA time zone for beat schedules and for when a night starts")
+    nightly_inbox: Path | None = Field(None, description="folder the nightly run takes new inputs from")
+    nightly_hour: int = Field(1, ge=0, le=23, description="hour (in `timezone`) beat starts the nightly run")
+    nightly_minute: int = Field(0, ge=0, le=59)
+    nightly_settle_s: int = Field(120, ge=0, description="files modified more recently are left for the next run")
+    nightly_timeout_s: int = Field(6 * 3600, ge=60, description="how long `nightly` waits for its jobs")
+    summary_hour: int = Field(7, ge=0, le=23, description="hour (in `timezone`) beat writes last night's summary")
+
     def modality_list(self) -> tuple[str, ...]:
         """:attr:`imaging_modalities` as upper-case codes."""
         return tuple(m.strip().upper() for m in self.imaging_modalities.split(",") if m.strip())
@@ -111,6 +120,22 @@ class Settings(BaseSettings):
     def _provider(cls, value: str) -> str:
         if value not in ("auto", "openai", "offline"):
             raise ValueError("llm_provider must be auto, openai or offline")
+        return value
+
+    @field_validator("nightly_inbox", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
         return value
 
     @field_validator("log_level")

@@ -64,7 +64,36 @@ def _xray_demo(settings, workdir: Path, send, env: dict, started: list, app, con
     return submit_images(night, database_url=settings.database_url, send=send, batch_size=8, model=("xray", version))
 
 
-def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
+def _molecules_demo(settings, workdir: Path, send, env: dict, started: list, app, console: Console, count: int):
+    """Generate ``count`` molecules with the shipped generator on a worker of the molecules queue."""
+    from medbatch.producer.generation import submit_molecules
+    from medbatch.worker.processes import start_worker, wait_until_ready
+
+    console.print("starting a worker for the molecules queue (TensorFlow and RDKit load in its child process) ...")
+    worker = start_worker("molecules", env=env, concurrency=1, log_path=workdir / "worker-molecules.log")
+    started.append(worker)
+    wait_until_ready(app, worker, timeout_s=120)
+    console.print(f"generating {count} molecules with the shipped SMILES generator (seed 0, temperature 1.0)")
+    return submit_molecules(database_url=settings.database_url, send=send, count=count, seed=0, batch_size=100)
+
+
+def _molecule_metrics_line(metrics: dict | None) -> str:
+    if not metrics:
+        return "    metrics: not computed"
+    ref = metrics.get("reference") or {}
+
+    def f(v) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return (
+        f"    {metrics['generated']} generated, {metrics['valid']} valid, {metrics['unique']} unique "
+        f"({metrics['duplicates']} duplicates): validity {f(metrics['validity'])} (MOSES CharRNN "
+        f"{f(ref.get('validity'))}), novelty {f(metrics['novelty'])} ({f(ref.get('novelty'))}), "
+        f"IntDiv {f(metrics['intdiv'])}, filters {f(metrics['filters'])} ({f(ref.get('filters'))})"
+    )
+
+
+def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int = 200) -> int:
     """Run the demo; returns the process exit code (0 when every job finished)."""
     from medbatch.db import repository as repo
     from medbatch.db.migrate import upgrade
@@ -130,6 +159,10 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
         xray_job = _xray_demo(settings, workdir, send, env, started, app, console)
         jobs.append(xray_job)
         finals.append(_wait(settings.database_url, xray_job.job_id, timeout_s=600))
+        if molecules > 0:
+            molecule_job = _molecules_demo(settings, workdir, send, env, started, app, console, molecules)
+            jobs.append(molecule_job)
+            finals.append(_wait(settings.database_url, molecule_job.job_id, timeout_s=600))
         table = Table(
             "job",
             "workload",
@@ -162,6 +195,9 @@ def run_demo(*, workdir: Path, patients: int, console: Console) -> int:
                 files.append(
                     f"    Grad-CAM overlays of positives in {Path(settings.results_dir).resolve() / 'heatmaps'}"
                 )
+            if s.workload == "molecules":
+                with session_scope(settings.database_url) as sess:
+                    files.append(_molecule_metrics_line(repo.get_job(sess, s.job_id).metrics))
             if c["status"] not in FINISHED_JOB:
                 code = 1
         console.print(table)

@@ -77,6 +77,8 @@ class Job(Base):
     rows_rejected: Mapped[int] = mapped_column(Integer, default=0)
     batches_total: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Job-level metrics computed when the job finishes (molecule jobs: MOSES metrics); null otherwise.
+    metrics: Mapped[dict | None] = mapped_column(JSON)
     submitted_by: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
@@ -215,3 +217,26 @@ class Instance(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class InboxEntry(Base):
+    """The nightly run's ledger: one row per inbox file (path + content hash) it has taken.
+
+    A second run the same night finds the file here and submits nothing twice; a file whose content
+    changed is a new entry. ``status``: ``claimed`` (about to be submitted), ``taken`` (a job holds it),
+    ``rejected`` (unusable; ``reason`` says why and a human must look).
+    """
+
+    __tablename__ = "inbox_entries"
+    __table_args__ = (UniqueConstraint("path", "sha256", name="uq_inbox_entries_path_sha256"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    workload: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    claim: Mapped[str] = mapped_column(String(36), index=True)  # the nightly run that took it
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -20,6 +20,7 @@ TASK_MODULES = [
     "medbatch.tasks.reports",
     "medbatch.tasks.maintenance",
     "medbatch.tasks.imaging",
+    "medbatch.tasks.molecules",
 ]
 
 
@@ -72,14 +73,34 @@ def celery_config(settings: Settings) -> dict:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "enable_utc": True,
         # `medbatch beat` runs these; one beat per deployment.
-        "beat_schedule": {
-            "reconcile-stuck-batches": {
-                "task": "medbatch.maintenance.reconcile",
-                "schedule": float(settings.reconcile_interval_s),
-                "options": {"expires": float(settings.reconcile_interval_s)},
-            },
+        "timezone": settings.timezone,
+        "beat_schedule": beat_schedule(settings),
+    }
+
+
+def beat_schedule(settings: Settings) -> dict:
+    """Periodic tasks: the reconciler always; the nightly run and the morning summary when an inbox is set."""
+    from celery.schedules import crontab
+
+    schedule = {
+        "reconcile-stuck-batches": {
+            "task": "medbatch.maintenance.reconcile",
+            "schedule": float(settings.reconcile_interval_s),
+            "options": {"expires": float(settings.reconcile_interval_s)},
         },
     }
+    if settings.nightly_inbox is not None:
+        schedule["nightly-run"] = {
+            "task": "medbatch.maintenance.nightly",
+            "schedule": crontab(hour=settings.nightly_hour, minute=settings.nightly_minute),
+            "options": {"expires": 3600.0},
+        }
+        schedule["morning-summary"] = {
+            "task": "medbatch.maintenance.morning_summary",
+            "schedule": crontab(hour=settings.summary_hour, minute=0),
+            "options": {"expires": 3600.0},
+        }
+    return schedule
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -26,6 +26,8 @@ JOB_TASKS: dict[str, Route] = {
     "report_batch_submit": Route("medbatch.reports.submit_provider_batch", "reports"),
     "report_batch_poll": Route("medbatch.reports.poll_provider_batch", "reports"),
     "reconcile": Route("medbatch.maintenance.reconcile", "tabular"),
+    "nightly": Route("medbatch.maintenance.nightly", "tabular"),
+    "morning_summary": Route("medbatch.maintenance.morning_summary", "tabular"),
 }
 
 

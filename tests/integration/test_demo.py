@@ -28,7 +28,7 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     env.pop("MEDBATCH_DATABASE_URL", None)
     # When the demo runs
     run = subprocess.run(
-        [sys.executable, "-m", "medbatch.cli", "demo", "--patients", "300"],
+        [sys.executable, "-m", "medbatch.cli", "demo", "--patients", "300", "--molecules", "100"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -40,7 +40,7 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     assert "started a local one" in run.stderr
     assert (tmp_path / "medbatch.db").is_file()
     results = {p.name.split("-")[1]: p for p in (tmp_path / "medbatch-demo").glob("results-*.csv")}
-    assert sorted(results) == ["report", "risk", "treatment", "xray"]
+    assert sorted(results) == ["molecules", "report", "risk", "treatment", "xray"]
     for workload in ("risk", "treatment"):
         rows = list(csv.DictReader(results[workload].open()))
         assert 250 <= len(rows) <= 300 and all(r["patient_id"].startswith("SYN-") for r in rows)
@@ -55,6 +55,10 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     assert len(xrays) == 16 and {r["label"] for r in xrays} <= {"normal", "pneumonia"}
     errors = list(csv.DictReader(next((tmp_path / "medbatch-demo").glob("errors-xray-*.csv")).open()))
     assert [e["source_file"].rsplit("/", 1)[-1] for e in errors] == ["readme.txt"]
+    # The molecule job: 100 generations from the shipped model, one row each, metrics in the summary
+    molecules = list(csv.DictReader(results["molecules"].open()))
+    assert len(molecules) == 100 and sum(1 for m in molecules if m["label"]) > 0
+    assert "MOSES CharRNN" in run.stderr and "generated" in run.stderr
     models = subprocess.run(
         [sys.executable, "-m", "medbatch.cli", "models", "--json"],
         cwd=tmp_path,

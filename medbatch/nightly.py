@@ -1,0 +1,445 @@
+"""``medbatch nightly``: take what arrived in the inbox since the last run, submit it, wait, and say
+whether anything needs a human.
+
+The inbox is one folder. Files are sorted by where they sit, then by what they hold:
+
+    inbox/xray/...        radiographs (PNG, JPEG, DICOM; any depth)  -> one X-ray job per run
+    inbox/risk/*.csv      patient records                            -> one risk job per file
+    inbox/treatment/*.csv                                            -> one treatment job per file
+    inbox/report/*.csv    patient facts                              -> one report job per file
+    inbox/molecules/*.json  {"count": 1000, "seed": 1, "temperature": 1.0} -> one molecule job per file
+    inbox/<anything else>  CSVs are matched to risk or treatment by their columns, images go to the
+                           X-ray job, JSON to molecules; anything else is reported for a human.
+
+Every file taken is recorded in the database (path + content hash), so a second run the same night
+submits nothing twice, and a file replaced with new content is taken again. Files still being written
+(modified within ``settle_s``) and hidden or partial files (``.part``, ``.tmp``) are left for the next
+run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from medbatch.db import nightly as ledger
+from medbatch.db import repository as repo
+from medbatch.db.session import session_scope
+from medbatch.db.tables import FINISHED_JOB
+from medbatch.errors import BrokerUnavailable, InvalidInput, MedbatchError
+from medbatch.ml import images
+from medbatch.producer import enqueue
+from medbatch.producer.paths import check_input_path
+from medbatch.producer.records import read_header
+
+log = logging.getLogger("medbatch.nightly")
+
+WORKLOAD_DIRS = ("xray", "risk", "treatment", "report", "molecules")
+PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart", ".swp")
+IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+
+
+@dataclass
+class Candidate:
+    path: Path
+    workload: str | None
+    reason: str | None = None  # why it cannot be taken (then workload is None)
+    sha256: str = ""
+    size: int = 0
+
+
+@dataclass
+class NightlyOutcome:
+    """What one run did and what needs a human. ``exit_code``: 0 clean, 1 something needs a human."""
+
+    night: str
+    claim: str
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    still_arriving: list[str] = field(default_factory=list)
+    already_taken: int = 0
+    needs_human: list[str] = field(default_factory=list)
+    awaiting_review: dict[str, int] = field(default_factory=dict)
+    summary_html: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.needs_human else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "exit_code": self.exit_code}
+
+
+def night_of(moment: datetime, tz: str = "UTC") -> date:
+    """The night a moment belongs to: a night runs from noon to the next noon in time zone ``tz``.
+
+    01:30 on 25 November belongs to the night of 24 November.
+    """
+    local = moment.astimezone(ZoneInfo(tz))
+    return (local - timedelta(hours=12)).date()
+
+
+def night_window(night: date, tz: str = "UTC") -> tuple[datetime, datetime]:
+    """``[noon of night, noon of the next day)`` in time zone ``tz``, as aware datetimes."""
+    start = datetime(night.year, night.month, night.day, 12, 0, tzinfo=ZoneInfo(tz))
+    return start, start + timedelta(days=1)
+
+
+# --------------------------------------------------------------------------- finding the new files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _classify(path: Path, inbox: Path) -> tuple[str | None, str | None]:
+    """(workload, None) or (None, reason) for one inbox file."""
+    rel = path.relative_to(inbox)
+    top = rel.parts[0].lower() if len(rel.parts) > 1 else None
+    suffix = path.suffix.lower()
+    if top in WORKLOAD_DIRS:
+        if top in ("risk", "treatment", "report") and suffix not in (".csv", ".tsv", ".txt"):
+            return None, f"inbox/{top}/ takes CSV files; {path.name} is not one"
+        if top == "molecules" and suffix != ".json":
+            return None, f'inbox/molecules/ takes JSON requests like {{"count": 1000}}; {path.name} is not one'
+        return top, None
+    if suffix in (".csv", ".tsv"):
+        for workload in ("treatment", "risk"):  # treatment's columns include risk's age and smoking
+            try:
+                read_header(path, workload)
+                return workload, None
+            except InvalidInput:
+                continue
+        return None, (
+            "CSV matches neither the risk nor the treatment columns; put patient facts for reports in inbox/report/"
+        )
+    if suffix == ".json":
+        return "molecules", None
+    if suffix in IMAGE_SUFFIXES or not suffix:
+        return "xray", None
+    with path.open("rb") as fh:
+        if images.sniff(fh.read(132), path.name):
+            return "xray", None
+    return None, "not understood: put it in inbox/<workload>/ (xray, risk, treatment, report, molecules)"
+
+
+def scan_inbox(inbox: Path, *, settle_s: float, now: float | None = None) -> tuple[list[Candidate], list[str]]:
+    """Every file in the inbox that is complete: (candidates, paths still being written)."""
+    now = time.time() if now is None else now
+    found: list[Candidate] = []
+    arriving: list[str] = []
+    for path in sorted(p for p in inbox.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(inbox)
+        if any(part.startswith(".") for part in rel.parts) or path.name.lower() in IGNORED_NAMES:
+            continue
+        if path.name.lower().endswith(PARTIAL_SUFFIXES) or path.name.startswith("~$"):
+            arriving.append(str(path))
+            continue
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            found.append(Candidate(path, None, f"unreadable: {exc.strerror or exc}"))
+            continue
+        if now - stat.st_mtime < settle_s:
+            arriving.append(str(path))
+            continue
+        try:
+            workload, reason = _classify(path, inbox)
+        except OSError as exc:
+            workload, reason = None, f"unreadable: {exc.strerror or exc}"
+        found.append(Candidate(path, workload, reason, size=stat.st_size))
+    return found, arriving
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class NightlyConfig:
+    """Plain values the run needs (from the settings)."""
+
+    database_url: str
+    batch_size: int
+    imaging_batch_size: int
+    report_batch_size: int
+    llm_provider: str
+    llm_model: str
+    input_roots: tuple[Path, ...] | None
+    modalities: tuple[str, ...]
+    imaging_max_bytes: int
+    settle_s: float = 120.0
+    timezone: str = "UTC"
+
+    @classmethod
+    def from_settings(cls, settings) -> NightlyConfig:
+        return cls(
+            database_url=settings.database_url,
+            batch_size=settings.batch_size,
+            imaging_batch_size=settings.imaging_batch_size,
+            report_batch_size=settings.report_batch_size,
+            llm_provider=settings.resolved_llm_provider(),
+            llm_model=settings.llm_model,
+            input_roots=settings.allowed_input_roots(),
+            modalities=settings.modality_list(),
+            imaging_max_bytes=settings.imaging_max_file_mb * 2**20,
+            settle_s=settings.nightly_settle_s,
+            timezone=settings.timezone,
+        )
+
+
+def run_nightly(
+    inbox: Path,
+    cfg: NightlyConfig,
+    send: enqueue.Send,
+    *,
+    wait: bool = True,
+    timeout_s: float = 6 * 3600,
+    poll_s: float = 2.0,
+    progress: Callable[[str], None] = lambda _m: None,
+    now: datetime | None = None,
+) -> NightlyOutcome:
+    """Take the inbox's new files, submit one job per workload unit, optionally wait, and judge the night.
+
+    Raises:
+        InvalidInput: the inbox is missing or outside the input roots.
+        BrokerUnavailable, DatabaseUnavailable: nothing can be submitted right now (nothing is lost:
+            claimed files are re-linked or taken again by the next run).
+    """
+    inbox = check_input_path(inbox, cfg.input_roots)
+    if not inbox.is_dir():
+        raise InvalidInput(f"inbox {inbox} is not a folder")
+    started = now or datetime.now(UTC)
+    outcome = NightlyOutcome(night=night_of(started, cfg.timezone).isoformat(), claim=str(uuid.uuid4()))
+    _recover_lost_claims(cfg.database_url, progress)
+    candidates, outcome.still_arriving = scan_inbox(inbox, settle_s=cfg.settle_s)
+    for c in candidates:
+        try:
+            c.sha256 = _sha256(c.path)
+        except OSError as exc:
+            c.workload, c.reason = None, f"unreadable: {exc.strerror or exc}"
+            c.sha256 = "unreadable"
+    with session_scope(cfg.database_url) as s:
+        taken = ledger.taken_pairs(s, [(str(c.path), c.sha256) for c in candidates])
+    new = [c for c in candidates if (str(c.path), c.sha256) not in taken]
+    outcome.already_taken = len(candidates) - len(new)
+    progress(
+        f"inbox {inbox}: {len(new)} new file(s), {outcome.already_taken} already taken, "
+        f"{len(outcome.still_arriving)} still arriving"
+    )
+    with session_scope(cfg.database_url) as s:
+        ledger.claim_entries(
+            s,
+            outcome.claim,
+            [
+                {
+                    "path": str(c.path),
+                    "sha256": c.sha256,
+                    "size": c.size,
+                    "workload": c.workload,
+                    "status": "claimed" if c.workload else "rejected",
+                    "reason": c.reason,
+                }
+                for c in new
+            ],
+        )
+    outcome.rejected += [{"path": str(c.path), "reason": c.reason or ""} for c in new if c.workload is None]
+
+    units: list[tuple[str, list[Candidate]]] = []
+    xrays = [c for c in new if c.workload == "xray"]
+    if xrays:
+        units.append(("xray", xrays))
+    units += [(c.workload, [c]) for c in new if c.workload not in (None, "xray")]
+    for workload, members in units:
+        _submit_unit(workload, members, inbox, cfg, send, outcome, progress)
+
+    if wait and outcome.jobs:
+        _wait_for(outcome, cfg.database_url, timeout_s=timeout_s, poll_s=poll_s, progress=progress)
+    _judge(outcome, cfg.database_url, waited=wait)
+    return outcome
+
+
+def _submit_unit(workload, members, inbox, cfg, send, outcome, progress) -> None:
+    paths = [str(c.path) for c in members]
+    try:
+        summary = _submit(workload, members, inbox, cfg, send)
+    except BrokerUnavailable:
+        raise  # claimed entries stay claimed; the next run re-links the staged job or takes them again
+    except MedbatchError as exc:  # unusable input: recorded with its reason, the rest of the night goes on
+        with session_scope(cfg.database_url) as s:
+            ledger.mark_entries(s, outcome.claim, paths, status="rejected", reason=str(exc))
+        outcome.rejected += [{"path": p, "reason": str(exc)} for p in paths]
+        progress(f"  {workload}: {len(paths)} file(s) refused: {exc}")
+        return
+    with session_scope(cfg.database_url) as s:
+        ledger.mark_entries(s, outcome.claim, paths, status="taken", job_id=summary.job_id)
+    outcome.jobs.append(
+        {
+            "job_id": summary.job_id,
+            "workload": workload,
+            "source": summary.source,
+            "files": len(paths),
+            "items_staged": summary.items_staged,
+            "rejected": summary.rows_rejected,
+            "warnings": summary.warnings,
+        }
+    )
+    progress(f"  job {summary.job_id} {workload}: {summary.items_staged} items staged from {len(paths)} file(s)")
+
+
+def _submit(workload: str, members: list[Candidate], inbox: Path, cfg: NightlyConfig, send) -> enqueue.SubmitSummary:
+    first = members[0].path
+    if workload == "xray":
+        xray_dir = inbox / "xray"
+        return enqueue.submit_images(
+            xray_dir if all(_under(c.path, xray_dir) for c in members) else inbox,
+            database_url=cfg.database_url,
+            send=send,
+            batch_size=cfg.imaging_batch_size,
+            files=[c.path for c in members],
+            input_roots=cfg.input_roots,
+            max_bytes=cfg.imaging_max_bytes,
+            modalities=cfg.modalities,
+            submitted_by="nightly",
+        )
+    if workload in ("risk", "treatment"):
+        return enqueue.submit_records(
+            first,
+            workload,
+            database_url=cfg.database_url,
+            send=send,
+            batch_size=cfg.batch_size,
+            input_roots=cfg.input_roots,
+            submitted_by="nightly",
+        )
+    if workload == "report":
+        return enqueue.submit_reports(
+            database_url=cfg.database_url,
+            send=send,
+            provider=cfg.llm_provider,
+            llm_model=cfg.llm_model,
+            path=first,
+            batch_size=cfg.report_batch_size,
+            input_roots=cfg.input_roots,
+            submitted_by="nightly",
+        )
+    if workload == "molecules":
+        from medbatch.producer.generation import submit_molecules
+
+        request = _read_request(first)
+        return submit_molecules(database_url=cfg.database_url, send=send, submitted_by="nightly", **request)
+    raise InvalidInput(f"no producer for workload {workload!r}")
+
+
+def _under(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_request(path: Path) -> dict[str, Any]:
+    """A molecule generation request: ``{"count": N, "seed": S, "temperature": T}`` (seed, temperature optional)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{path.name}: not a JSON generation request ({exc})") from None
+    if not isinstance(data, dict) or "count" not in data:
+        raise InvalidInput(f'{path.name}: expected {{"count": N, "seed": S, "temperature": T}}')
+    unknown = set(data) - {"count", "seed", "temperature"}
+    if unknown:
+        raise InvalidInput(f"{path.name}: unknown field(s) {', '.join(sorted(unknown))}")
+    try:
+        return {
+            "count": int(data["count"]),
+            "seed": int(data.get("seed", 0)),
+            "temperature": float(data.get("temperature", 1.0)),
+        }
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{path.name}: count and seed must be integers, temperature a number") from None
+
+
+def _recover_lost_claims(database_url: str, progress) -> None:
+    """A run that stopped between claiming files and recording their job: re-link the job if it was
+    created, otherwise forget the claim so this run takes the files again."""
+    with session_scope(database_url) as s:
+        lost = ledger.lost_claims(s)
+        forget: list[int] = []
+        for entry in lost:
+            source = str(Path(entry.path).resolve()) if entry.workload != "xray" else None
+            job = ledger.job_for_source(s, source, entry.taken_at) if source else None
+            if job is None and entry.workload == "xray":
+                job = _xray_job_since(s, entry.taken_at)
+            if job is None:
+                forget.append(entry.id)
+            else:
+                entry.status, entry.job_id = "taken", job
+        ledger.forget_entries(s, forget)
+    if lost:
+        progress(f"recovered {len(lost)} claim(s) left by an interrupted run ({len(forget)} to take again)")
+
+
+def _xray_job_since(session, since: datetime) -> int | None:
+    for job in ledger.jobs_between(session, since, datetime.now(UTC) + timedelta(days=1)):
+        if job.workload == "xray" and job.submitted_by == "nightly":
+            return job.id
+    return None
+
+
+def _wait_for(outcome: NightlyOutcome, database_url: str, *, timeout_s: float, poll_s: float, progress) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = {j["job_id"] for j in outcome.jobs}
+    last = ""
+    while pending and time.monotonic() < deadline:
+        with session_scope(database_url) as s:
+            counts = {j: repo.job_counts(s, j) for j in pending}
+        pending = {j for j, c in counts.items() if c["status"] not in FINISHED_JOB}
+        line = ", ".join(
+            f"job {j}: {c['items_done'] + c['items_failed']}/{c['items_total']}" for j, c in counts.items()
+        )
+        if line != last:
+            progress(f"  waiting: {line}")
+            last = line
+        if pending:
+            time.sleep(poll_s)
+
+
+def _judge(outcome: NightlyOutcome, database_url: str, *, waited: bool) -> None:
+    from medbatch.db import nightly as q
+
+    ids = [j["job_id"] for j in outcome.jobs]
+    with session_scope(database_url) as s:
+        for j in outcome.jobs:
+            c = repo.job_counts(s, j["job_id"])
+            j.update(status=c["status"], items_done=c["items_done"], items_failed=c["items_failed"])
+            if waited and c["status"] not in FINISHED_JOB:
+                outcome.needs_human.append(f"job {j['job_id']} ({j['workload']}) did not finish: {c['status']}")
+            elif c["status"] == "failed":
+                outcome.needs_human.append(f"job {j['job_id']} ({j['workload']}) failed")
+            elif c["items_failed"] or c["rows_rejected"]:
+                outcome.needs_human.append(
+                    f"job {j['job_id']} ({j['workload']}): {c['items_failed']} item(s) failed, "
+                    f"{c['rows_rejected']} input(s) rejected; see `medbatch results {j['job_id']} --errors`"
+                )
+        dead = q.dead_batches(s, ids)
+        flagged, _ = q.flagged_xrays(s, ids, limit=0)
+        reports = q.reports_to_review(s, ids)
+    if dead:
+        outcome.needs_human.append(f"{dead} batch(es) dead-lettered after repeated failures")
+    for r in outcome.rejected:
+        outcome.needs_human.append(f"inbox file refused: {r['path']}: {r['reason']}")
+    outcome.awaiting_review = {"xray_positives": flagged, "draft_reports": reports}
