@@ -290,7 +290,7 @@ def render(data: dict[str, Any]) -> str:
     molecule_jobs = [j for j in jobs if j["workload"] == "molecules" and j.get("metrics")]
     if molecule_jobs:
         parts.append("<h2>Generated molecules</h2>")
-        keys = ["validity", "unique@1k", "unique@10k", "novelty", "int_div", "filters"]
+        keys = ["validity", "unique@1k", "unique@10k", "novelty", "intdiv", "filters"]
         rows = [[_e(f"job {j['job_id']}")] + [_e(_fmt(j["metrics"].get(k))) for k in keys] for j in molecule_jobs]
         rows.append(["MOSES CharRNN (reference)"] + [_e(_fmt(MOSES_CHARRNN.get(k))) for k in keys])
         parts.append(_table(["", *keys], rows))

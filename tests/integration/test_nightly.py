@@ -35,6 +35,8 @@ def _inbox(root: Path) -> Path:
     (root / "risk").mkdir(parents=True)
     write_patients(root / "risk" / "clinic-a.csv", "risk", 120, seed=1, bad_fraction=0.05)
     write_patients(root / "cardiology-export.csv", "treatment", 80, seed=2)
+    (root / "molecules").mkdir()
+    (root / "molecules" / "screen-42.json").write_text('{"count": 40, "seed": 42, "temperature": 1.0}')
     (root / "handover.docx").write_bytes(b"PK\x03\x04 not for us")
     (root / "upload.csv.part").write_text("patient_id,age\n")
     old = time.time() - 3600
@@ -50,7 +52,7 @@ def test_nightly_takes_the_inbox_once_and_says_what_needs_a_human(
 ):
     # Given an X-ray model, workers for the tabular and imaging queues, and a night's inbox
     register_xray(db_url, xray_artifact)
-    start_worker("tabular,imaging")
+    start_worker("tabular,imaging,molecules")
     inbox = _inbox(tmp_path / "inbox")
     env = {**service_env, "MEDBATCH_NIGHTLY_SETTLE_S": "60"}
     # When the nightly run goes
@@ -59,7 +61,8 @@ def test_nightly_takes_the_inbox_once_and_says_what_needs_a_human(
     assert run.returncode == 1, run.stderr
     night = json.loads(run.stdout)
     jobs = {j["workload"]: j for j in night["jobs"]}
-    assert sorted(jobs) == ["risk", "treatment", "xray"]
+    assert sorted(jobs) == ["molecules", "risk", "treatment", "xray"]
+    assert jobs["molecules"]["items_staged"] == 40
     assert jobs["xray"]["items_staged"] == 6 and jobs["treatment"]["items_staged"] == 80
     assert all(j["status"] in ("completed", "completed_with_errors") for j in night["jobs"])
     assert jobs["risk"]["rejected"] > 0
@@ -70,11 +73,12 @@ def test_nightly_takes_the_inbox_once_and_says_what_needs_a_human(
     assert set(night["awaiting_review"]) == {"xray_positives", "draft_reports"}
     page = Path(night["summary_html"])
     assert page.is_file()
+    assert "Generated molecules" in page.read_text() and "MOSES CharRNN (reference)" in page.read_text()
 
     # When it runs again the same night, nothing is submitted twice
     again = medbatch(env, "nightly", "--inbox", str(inbox), "--json", "--timeout-s", "60")
     second = json.loads(again.stdout)
-    assert second["jobs"] == [] and second["already_taken"] == 9  # 6 images, 2 CSVs, the refused .docx
+    assert second["jobs"] == [] and second["already_taken"] == 10  # 6 images, 2 CSVs, a request, the .docx
     assert again.returncode == 0, again.stderr
 
     # And a file whose content changed, or one that has settled since, is taken on the next run
