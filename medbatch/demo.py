@@ -189,7 +189,12 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
                 str(c["items_failed"]),
                 str(c["rows_rejected"]),
             )
-            files.append(f"  job {s.job_id} {s.workload}: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
+            if s.workload == "molecules":  # labels are SMILES (NULL when invalid): the metrics say more
+                files.append(f"  job {s.job_id} {s.workload}: {len(labels)} distinct labels")
+            else:
+                files.append(
+                    f"  job {s.job_id} {s.workload}: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items()))
+                )
             files.append(f"    results {result_file}\n    errors  {error_file}")
             if s.workload == "xray":
                 files.append(
