@@ -575,9 +575,9 @@ def job_result_rows(session: Session, job_id: int) -> list[Any]:
 
 
 def update_result_details(session: Session, details: dict[int, dict[str, Any]]) -> None:
-    """Replace the ``detail`` of the given results (result id -> new detail)."""
-    for result_id, detail in details.items():
-        session.execute(update(Result).where(Result.id == result_id).values(detail=detail))
+    """Replace the ``detail`` of the given results (result id -> new detail), as one executemany."""
+    if details:
+        session.execute(update(Result), [{"id": rid, "detail": detail} for rid, detail in details.items()])
 
 
 def set_job_metrics(session: Session, job_id: int, metrics: dict[str, Any]) -> None:

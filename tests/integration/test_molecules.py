@@ -138,3 +138,31 @@ def test_the_shipped_model_is_used_on_a_fresh_install(sqlite_url):
         items = list(s.scalars(select(Item).where(Item.job_id == summary.job_id).order_by(Item.id)))
     assert model.uri == "builtin:molecules.zip" and model.metrics["generated"]["samples"] == 10_000
     assert [it.payload["k"] for it in items] == [0, 1, 2] and {it.payload["n"] for it in items} == {3}
+
+
+def test_duplicates_within_a_job_are_flagged_on_repeats_and_counted(db_url, molecule_artifact):
+    # Given a job whose generations (fixed here) repeat ethanol in two spellings and include an invalid one
+    from medbatch.ml import chem
+    from medbatch.pipeline.common import run_batch
+    from medbatch.pipeline.molecules import _result_row
+
+    register_molecules(db_url, molecule_artifact)
+    summary = submit_molecules(database_url=db_url, send=lambda *a: None, count=4, batch_size=4)
+    fixed = ["CCO", "C1CC", "OCC", "c1ccccc1"]
+
+    def predict(model, items):
+        return [_result_row(model, it, chem.score(fixed[it.payload["k"]]), True) for it in items], []
+
+    with session_scope(db_url) as s:
+        batch_id = s.scalar(select(Batch.id).where(Batch.job_id == summary.job_id))
+    run_batch(batch_id, database_url=db_url, max_attempts=5, predict=predict)
+    # When the job is finalised (twice: it is idempotent)
+    metrics = finalize_job(db_url, summary.job_id)
+    assert finalize_job(db_url, summary.job_id) == metrics
+    # Then the repeat points at the first occurrence, and the metrics count it once
+    with session_scope(db_url) as s:
+        rows = list(repo.iter_results(s, summary.job_id))
+        first_item = s.scalar(select(Item.id).where(Item.job_id == summary.job_id).order_by(Item.id))
+    assert [r["detail"].get("duplicate_of") for r in rows] == [None, None, first_item, None]
+    assert rows[1]["label"] is None and "not parseable" in rows[1]["detail"]["reason"]
+    assert metrics["duplicates"] == 1 and metrics["unique"] == 2 and metrics["validity"] == 0.75
