@@ -422,7 +422,8 @@ def _add_molecule_metrics(table: Table, m: dict) -> None:
     table.add_row("MOSES CharRNN", "   ".join(f"{f(ref.get(k)) if k in ref else '-':>10}" for k in keys))
     used = (m.get("unique@k_used") or {}).get("10k")
     if used is not None and used < 10_000:
-        table.add_row("note", f"unique@10k is over the {used} valid molecules there are (fewer than 10k; as MOSES)")
+        k = "unique@1k and unique@10k are" if used < 1000 else "unique@10k is"
+        table.add_row("note", f"{k} over the {used} valid molecules there are (fewer than k; as MOSES does)")
     table.add_row(
         "properties",
         f"QED mean {f(m.get('qed_mean'))} · SA mean {f(m.get('sa_mean'))} · Lipinski pass {f(m.get('lipinski_pass'))}"
