@@ -107,6 +107,27 @@ def raw_loop(paths: list[Path], artifact: Path, batch: int, predict_batch: int, 
     return time.perf_counter() - start
 
 
+def predict_call_cost(artifact: Path, repeats: int = 30) -> dict[str, float]:
+    """Seconds per call of the compiled ``model(x, training=False)`` against ``model.predict``, batch 32 and 1."""
+    from medbatch.ml import xray
+
+    model = xray.load_model(artifact)
+    out: dict[str, float] = {}
+    for n in (32, 1):
+        x = np.random.default_rng(0).random((n, 150, 150), dtype=np.float32)
+        model.predict(x)
+        model.keras_model.predict(x[..., None], verbose=0)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.predict(x)
+        out[f"compiled@{n}"] = (time.perf_counter() - start) / repeats
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.keras_model.predict(x[..., None], verbose=0)
+        out[f"keras_predict@{n}"] = (time.perf_counter() - start) / repeats
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-kind", type=int, default=100, help="images of each kind (3 kinds)")
@@ -207,6 +228,7 @@ def main() -> None:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
 
+    calls = predict_call_cost(artifact)
     n = len(paths)
     print(
         f"\nbench/imaging.py: {n} images ({args.per_kind} PNG 150x150, {args.per_kind} PNG 1024x1024, "
@@ -225,6 +247,11 @@ def main() -> None:
         f"{sum(child_rss) / 2**20:.0f} MB at the end)"
     )
     print(f"  every staged image has exactly one result: {stored == summary['items_staged']}")
+    for b in (32, 1):
+        c, k = calls[f"compiled@{b}"], calls[f"keras_predict@{b}"]
+        print(
+            f"  one call, batch {b:2d}: compiled {c * 1000:6.1f} ms, model.predict {k * 1000:6.1f} ms ({k / c:.1f}x)"
+        )
 
 
 def _device() -> str:

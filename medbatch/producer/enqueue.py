@@ -333,6 +333,9 @@ def submit_images(
         options={"include": list(include), "exclude": list(exclude), "files": len(scan.files)},
         chunks=iter_image_chunks(
             scan,
+            # One batch per chunk: the first batch is queued as soon as its images are hashed, so the
+            # worker starts while the producer is still hashing the rest of the folder.
+            chunk_size=batch_size,
             input_roots=input_roots,
             max_bytes=max_bytes or images.DEFAULT_MAX_BYTES,
             modalities=tuple(modalities or images.RADIOGRAPH_MODALITIES),
