@@ -80,7 +80,7 @@ def make_model(directory: Path) -> Path:
 def raw_loop(paths: list[Path], artifact: Path, batch: int, predict_batch: int, threads: int, out: Path) -> float:
     """The same work in one process: read, decode, resize, predict, Grad-CAM + overlay for positives."""
     from medbatch.ml import images, xray
-    from medbatch.pipeline.imaging import OVERLAY_SIDE, _resize_keep_aspect
+    from medbatch.pipeline.imaging import OVERLAY_CAPTION, OVERLAY_SIDE, _resize_keep_aspect
 
     model = xray.load_model(artifact)
     model.predict(np.zeros((1, 150, 150), np.float32))  # compile once, as the worker's warm-up did
@@ -100,10 +100,14 @@ def raw_loop(paths: list[Path], artifact: Path, batch: int, predict_batch: int, 
             x = np.stack([d[0] for d in decoded])
             probs = np.concatenate([model.predict(x[i : i + predict_batch]) for i in range(0, len(x), predict_batch)])
             pos = np.flatnonzero(probs >= model.threshold)
+            overlays = []
             for i in range(0, len(pos), predict_batch):
                 idx = pos[i : i + predict_batch]
-                for j, h in zip(idx, model.gradcam(x[idx]), strict=True):
-                    xray.overlay_png(decoded[j][1], h, out / f"raw-{s + j}.png", caption="DRAFT")
+                overlays += [
+                    (decoded[j][1], h, out / f"raw-{s + j}.png")
+                    for j, h in zip(idx, model.gradcam(x[idx]), strict=True)
+                ]
+            list(pool.map(lambda o: xray.overlay_png(*o, caption=OVERLAY_CAPTION), overlays))
     return time.perf_counter() - start
 
 
@@ -249,9 +253,7 @@ def main() -> None:
     print(f"  every staged image has exactly one result: {stored == summary['items_staged']}")
     for b in (32, 1):
         c, k = calls[f"compiled@{b}"], calls[f"keras_predict@{b}"]
-        print(
-            f"  one call, batch {b:2d}: compiled {c * 1000:6.1f} ms, model.predict {k * 1000:6.1f} ms ({k / c:.1f}x)"
-        )
+        print(f"  one call, batch {b:2d}: compiled {c * 1000:6.1f} ms, model.predict {k * 1000:6.1f} ms ({k / c:.1f}x)")
 
 
 def _device() -> str:

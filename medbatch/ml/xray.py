@@ -306,7 +306,7 @@ def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, path: Path, *, max_side
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    blended.save(tmp, format="PNG")
+    blended.save(tmp, format="PNG", compress_level=1)  # fast zlib: a review overlay, not an archive
     os.replace(tmp, path)
     return path
 

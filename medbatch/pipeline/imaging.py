@@ -26,6 +26,7 @@ log = logging.getLogger("medbatch.pipeline.imaging")
 
 #: Longest side of the radiograph kept for the overlay PNG (the full image is not held in memory).
 OVERLAY_SIDE = 512
+OVERLAY_CAPTION = "DRAFT: model attention, not a diagnosis"
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ def classify_items(model: Any, items: list, opts: ImagingOptions) -> tuple[list[
         maps = model.gradcam(np.stack([decoded[ok[i].id].model_input for i in idx]))
         heatmaps.update({ok[i].id: m for i, m in zip(idx, maps, strict=True)})
     results: list[dict] = []
+    overlays: list[tuple[np.ndarray, np.ndarray, Path]] = []
     for it, p in zip(ok, probs.tolist(), strict=True):
         dec = decoded[it.id]
         is_pos = p >= threshold
@@ -139,7 +141,7 @@ def classify_items(model: Any, items: list, opts: ImagingOptions) -> tuple[list[
         if is_pos:
             heat = heatmaps[it.id]
             path = heatmap_path(opts.results_dir, it.id)
-            xray.overlay_png(dec.display, heat, path, caption="DRAFT: model attention, not a diagnosis")
+            overlays.append((dec.display, heat, path))
             detail["heatmap"] = str(path.resolve())
             detail["attention"] = xray.attention_region(heat)
             detail["findings"] = xray.draft_findings(
@@ -155,6 +157,10 @@ def classify_items(model: Any, items: list, opts: ImagingOptions) -> tuple[list[
                 "detail": detail,
             }
         )
+    # PNG encoding (zlib) releases the GIL: the overlays are written in parallel, before the results
+    # that name them are committed.
+    with ThreadPoolExecutor(max_workers=opts.decode_threads) as pool:
+        list(pool.map(lambda o: xray.overlay_png(*o, caption=OVERLAY_CAPTION), overlays))
     return results, failures
 
 
