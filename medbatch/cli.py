@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -87,6 +88,28 @@ def _sender():
 # --------------------------------------------------------------------------- submit
 
 
+@contextmanager
+def _staging_progress(verb: str, name: str, total_bytes: int | None, *, show: bool):
+    """A progress bar on stderr while a producer stages inputs; yields its progress callback (None when
+    the bar is hidden: --json, or stderr is not a terminal)."""
+    if not (show and err.is_terminal):
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(f"{verb} {{task.description}}"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[staged]} staged, {task.fields[rejected]} rejected"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+    with bar:
+        task = bar.add_task(name, total=total_bytes or None, staged=0, rejected=0)
+        yield lambda done, staged, rejected: bar.update(task, completed=done, staged=staged, rejected=rejected)
+
+
 def _submit_tabular(
     workload: str, file: Path, batch_size: int | None, id_column: str | None, as_json: bool, wait: bool
 ) -> None:
@@ -95,23 +118,8 @@ def _submit_tabular(
     settings = get_settings()
     url = _db()
     size = file.stat().st_size if file.is_file() else 0
-    show = not as_json and err.is_terminal
-    from contextlib import nullcontext
-
     try:
-        if show:
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-            bar = Progress(
-                TextColumn("staging {task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TextColumn("{task.fields[staged]} staged, {task.fields[rejected]} rejected"),
-                TimeRemainingColumn(),
-                console=err,
-            )
-        with bar if show else nullcontext():
-            task = bar.add_task(file.name, total=size or None, staged=0, rejected=0) if show else None
+        with _staging_progress("staging", file.name, size, show=not as_json) as progress:
             summary = submit_records(
                 file,
                 workload,
@@ -119,7 +127,7 @@ def _submit_tabular(
                 send=_sender(),
                 batch_size=batch_size or settings.batch_size,
                 id_column=id_column,
-                progress=(lambda b, s, r: bar.update(task, completed=b, staged=s, rejected=r)) if show else None,
+                progress=progress,
                 input_roots=settings.allowed_input_roots(),
             )
     except MedbatchError as exc:
@@ -237,27 +245,12 @@ def submit_xray(
     wait: Wait = False,
 ) -> None:
     """Chest X-ray pneumonia classification over a folder of images, with Grad-CAM and draft findings."""
-    from contextlib import nullcontext
-
     from medbatch.producer.enqueue import submit_images
 
     settings = get_settings()
     url = _db()
-    show = not as_json and err.is_terminal
     try:
-        if show:
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-            bar = Progress(
-                TextColumn("hashing {task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TextColumn("{task.fields[staged]} staged, {task.fields[rejected]} rejected"),
-                TimeRemainingColumn(),
-                console=err,
-            )
-        with bar if show else nullcontext():
-            task = bar.add_task(folder.name, total=None, staged=0, rejected=0) if show else None
+        with _staging_progress("hashing", folder.name, None, show=not as_json) as progress:
             summary = submit_images(
                 folder,
                 database_url=url,
@@ -268,7 +261,7 @@ def submit_xray(
                 max_bytes=settings.imaging_max_file_mb * 2**20,
                 modalities=settings.modality_list(),
                 input_roots=settings.allowed_input_roots(),
-                progress=(lambda b, st, r: bar.update(task, completed=b, staged=st, rejected=r)) if show else None,
+                progress=progress,
             )
     except MedbatchError as exc:
         raise _handle(exc) from None

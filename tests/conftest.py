@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -175,6 +176,17 @@ def start_worker(service_env, celery_app, tmp_path: Path):
         worker.stop(timeout_s=15)
         if worker.log_path and worker.log_path.exists():
             sys.stderr.write(f"--- {worker.name} log tail ---\n{worker.log_path.read_text()[-1500:]}\n")
+
+
+def run_cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``medbatch ARGS`` as a user would: a new process, this test's environment on top of ours."""
+    return subprocess.run(
+        [sys.executable, "-m", "medbatch.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_for_job(db_url: str, job_id: int, timeout_s: float = 120.0) -> dict:

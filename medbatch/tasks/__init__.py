@@ -8,9 +8,21 @@ import time
 
 from celery.exceptions import Reject
 
-from medbatch.errors import WrongDatabase
+from medbatch.config import get_settings
+from medbatch.errors import PermanentError, WrongDatabase
 
 log = logging.getLogger("medbatch.tasks")
+
+#: The retry policy of every batch task: any error but a permanent one (or a message for another
+#: database) is retried with jittered exponential backoff, capped at MEDBATCH_TASK_RETRY_BACKOFF_MAX_S.
+RETRY = {
+    "autoretry_for": (Exception,),
+    "dont_autoretry_for": (PermanentError, WrongDatabase),
+    "retry_backoff": 2,
+    "retry_backoff_max": get_settings().task_retry_backoff_max_s,
+    "retry_jitter": True,
+    "max_retries": 20,
+}
 
 #: Pause before handing back a message meant for another database, so a misconfigured worker does
 #: not spin on it while the right worker is busy.

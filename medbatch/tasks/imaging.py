@@ -3,21 +3,11 @@
 from celery import shared_task
 
 from medbatch.config import get_settings
-from medbatch.errors import PermanentError, WrongDatabase
 from medbatch.pipeline import imaging
-from medbatch.tasks import refuses_foreign
+from medbatch.tasks import RETRY, refuses_foreign
 
 
-@shared_task(
-    name="medbatch.imaging.classify_batch",
-    bind=True,
-    autoretry_for=(Exception,),
-    dont_autoretry_for=(PermanentError, WrongDatabase),
-    retry_backoff=2,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=20,
-)
+@shared_task(name="medbatch.imaging.classify_batch", bind=True, **RETRY)
 @refuses_foreign
 def classify_batch(self, batch_id: int, db: str | None = None) -> dict:
     s = get_settings()

@@ -3,19 +3,9 @@
 from celery import shared_task
 
 from medbatch.config import get_settings
-from medbatch.errors import PermanentError, WrongDatabase
 from medbatch.pipeline import reports
-from medbatch.tasks import refuses_foreign
+from medbatch.tasks import RETRY, refuses_foreign
 from medbatch.worker.providers import provider_for, shared_limiter
-
-RETRY = {
-    "autoretry_for": (Exception,),
-    "dont_autoretry_for": (PermanentError, WrongDatabase),
-    "retry_backoff": 2,
-    "retry_backoff_max": 600,
-    "retry_jitter": True,
-    "max_retries": 20,
-}
 
 
 @shared_task(name="medbatch.reports.generate_batch", bind=True, **RETRY)

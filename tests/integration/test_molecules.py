@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import delete, select, update
@@ -17,18 +14,9 @@ from medbatch.errors import InvalidInput
 from medbatch.pipeline.molecules import finalize_job, generate_batch
 from medbatch.producer.generation import batch_seed, submit_molecules
 from tests.conftest import register_molecules, wait_for_job
+from tests.conftest import run_cli as medbatch
 
 pytestmark = pytest.mark.integration
-
-
-def medbatch(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "medbatch.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def test_submit_molecules_end_to_end(db_url, service_env, start_worker, molecule_artifact):
