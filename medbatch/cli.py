@@ -310,6 +310,8 @@ def _counts(url: str, job_id: int) -> dict:
     try:
         with session_scope(url) as s:
             counts = repo.job_counts(s, job_id)
+            if counts["workload"] in ("risk", "treatment", "xray"):
+                counts["labels"] = {str(k): v for k, v in repo.label_counts(s, job_id).items()}
         if counts["workload"] == "molecules" and counts["status"] in FINISHED_JOB and counts.get("metrics") is None:
             # The worker that finished the job died before measuring it: measure it now (idempotent).
             from medbatch.pipeline.molecules import finalize_job
@@ -377,7 +379,13 @@ def _print_status(c: dict) -> None:
         f"{c['items_total']} total · {c['items_done']} done · {c['items_failed']} failed · "
         f"{c['items_pending']} pending",
     )
-    table.add_row("rows rejected", str(c["rows_rejected"]))
+    table.add_row("files rejected" if c["workload"] == "xray" else "rows rejected", str(c["rows_rejected"]))
+    if c.get("labels"):
+        review = " (awaiting clinician review)" if c["workload"] == "xray" else ""
+        table.add_row(
+            "labels",
+            " · ".join(f"{k} {v}{review if k == 'pneumonia' else ''}" for k, v in sorted(c["labels"].items())),
+        )
     table.add_row("batches", ", ".join(f"{k} {v}" for k, v in sorted(c["batches"].items())) or "none")
     if c["errors_by_stage"]:
         table.add_row("errors", ", ".join(f"{k} {v}" for k, v in sorted(c["errors_by_stage"].items())))
