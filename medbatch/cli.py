@@ -727,8 +727,6 @@ def train_xray(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train the article's X-ray CNN, report held-out AUC/sensitivity/specificity and register it."""
-    from medbatch.db import repository as repo
-    from medbatch.db.session import session_scope
     from medbatch.ml import registry, xray
 
     url = _db()
@@ -764,20 +762,7 @@ def train_xray(
             lambda d: xray.save_model(trained.keras_model, trained.meta, d), directory, "xray"
         )
         card = xray.write_card(trained, path)
-        version = registry.file_version(path)
-        source = trained.meta["training_data"]["root"]
-        with session_scope(url) as s:
-            repo.register_model(
-                s,
-                name="xray",
-                version=version,
-                uri=str(path.resolve()),
-                metrics=trained.meta["metrics"],
-                training_source=source,
-            )
-            repo.audit(
-                s, actor=whoami(), action="train", detail={"model": "xray", "version": version, "source": source}
-            )
+        version = _register_trained(url, "xray", path, trained.meta["metrics"], trained.meta["training_data"]["root"])
     except MedbatchError as exc:
         raise _handle(exc) from None
     test = trained.meta["metrics"]["test"]
@@ -820,8 +805,6 @@ def train_molecules(
     seed: Annotated[int, typer.Option(help="Random seed (subset, weights, evaluation samples).")] = 0,
 ) -> None:
     """Train the SMILES CharRNN on the MOSES training set, measure it (MOSES metrics) and register it."""
-    from medbatch.db import repository as repo
-    from medbatch.db.session import session_scope
     from medbatch.ml import molecules, registry
 
     url = _db()
@@ -838,20 +821,7 @@ def train_molecules(
         directory = Path(out_dir or get_settings().model_dir)
         path = registry.save_versioned(lambda d: molecules.save_model(trained, d), directory, "molecules")
         card = molecules.write_card(trained, path)
-        version = registry.file_version(path)
-        source = trained.meta["training_source"]
-        with session_scope(url) as s:
-            repo.register_model(
-                s,
-                name="molecules",
-                version=version,
-                uri=str(path.resolve()),
-                metrics=trained.meta["metrics"],
-                training_source=source,
-            )
-            repo.audit(
-                s, actor=whoami(), action="train", detail={"model": "molecules", "version": version, "source": source}
-            )
+        version = _register_trained(url, "molecules", path, trained.meta["metrics"], trained.meta["training_source"])
     except MedbatchError as exc:
         raise _handle(exc) from None
     err.print(f"saved {path} (version {version}), registered as the active molecules model; card {card}")
@@ -869,9 +839,22 @@ def train_molecules(
     )
 
 
-def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, out_dir: Path | None, seed: int) -> None:
+def _register_trained(url: str, name: str, path: Path, metrics: dict, source: str) -> str:
+    """Register a freshly saved artifact as the active ``name`` model and audit the training; returns its version."""
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
+    from medbatch.ml import registry
+
+    version = registry.file_version(path)
+    with session_scope(url) as s:
+        repo.register_model(
+            s, name=name, version=version, uri=str(path.resolve()), metrics=metrics, training_source=source
+        )
+        repo.audit(s, actor=whoami(), action="train", detail={"model": name, "version": version, "source": source})
+    return version
+
+
+def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, out_dir: Path | None, seed: int) -> None:
     from medbatch.ml import registry, tabular
 
     url = _db()
@@ -891,12 +874,7 @@ def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, o
         path = registry.save_versioned(
             lambda d: tabular.save_model(trained, d, training_source=source), Path(directory), name
         )
-        version = registry.file_version(path)
-        with session_scope(url) as s:
-            repo.register_model(
-                s, name=name, version=version, uri=str(path.resolve()), metrics=trained.metrics, training_source=source
-            )
-            repo.audit(s, actor=whoami(), action="train", detail={"model": name, "version": version, "source": source})
+        version = _register_trained(url, name, path, trained.metrics, source)
     except MedbatchError as exc:
         raise _handle(exc) from None
     m = trained.metrics
