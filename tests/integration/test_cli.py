@@ -151,3 +151,19 @@ def test_xray_from_nothing_to_results_on_the_command_line(service_env, start_wor
     assert summary["model"]["version"] == trained["version"] and summary["final"]["items_done"] == 6
     rows = medbatch(service_env, "results", str(summary["job_id"]), "--format", "json").stdout.splitlines()
     assert len(rows) == 6 and {json.loads(r)["label"] for r in rows} <= {"normal", "pneumonia"}
+
+
+def test_train_molecules_registers_and_audits_a_tiny_model(service_env, tmp_path):
+    # Given the MOSES data from molsets, when a tiny generator is trained on a small seeded subset
+    run = medbatch(
+        service_env,
+        *("train", "molecules", "--subset", "500", "--units", "16", "--layers", "1", "--eval-samples", "50"),
+        *("--out", str(tmp_path / "models")),
+    )
+    # Then it is saved, registered as the active molecules model, and the training is audited
+    assert run.returncode == 0, run.stderr
+    trained = json.loads(run.stdout)
+    models = json.loads(medbatch(service_env, "models", "--json").stdout)
+    assert [(m["name"], m["version"], m["active"]) for m in models if m["name"] == "molecules"] == [
+        ("molecules", trained["version"], True)
+    ]
