@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from tabular import PeakRss  # noqa: E402
-
+from bench.common import BenchDatabase  # noqa: E402
+from bench.tabular import PeakRss  # noqa: E402
 from medbatch.producer.synthetic import synthetic_xray, write_synthetic_dicom  # noqa: E402
 
 
@@ -150,15 +148,8 @@ def main() -> None:
     artifact = make_model(models)
     results_dir = args.workdir / f"xray-results-{uuid.uuid4().hex[:6]}"
 
-    admin_url = make_url(args.database_url)
-    db_name = f"medbatch_bench_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    if admin_url.get_backend_name() == "postgresql":
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{db_name}"'))
-        db_url = admin_url.set(database=db_name).render_as_string(hide_password=False)
-    else:
-        db_url = args.database_url
+    bench_db = BenchDatabase.create(args.database_url)
+    db_url = bench_db.url
     import redis
 
     redis.Redis.from_url(args.broker_url).flushdb()
@@ -228,15 +219,13 @@ def main() -> None:
     raw_out = args.workdir / "xray-raw-out"
     raw_out.mkdir(exist_ok=True)
     raw = raw_loop(paths, artifact, args.batch_size, args.predict_batch, args.threads, raw_out)
-    if admin_url.get_backend_name() == "postgresql":
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+    bench_db.drop()
 
     calls = predict_call_cost(artifact)
     n = len(paths)
     print(
         f"\nbench/imaging.py: {n} images ({args.per_kind} PNG 150x150, {args.per_kind} PNG 1024x1024, "
-        f"{args.per_kind} DICOM 1024x1024), {admin_url.get_backend_name()}, batch {args.batch_size}, "
+        f"{args.per_kind} DICOM 1024x1024), {bench_db.backend}, batch {args.batch_size}, "
         f"predict batch {args.predict_batch}, {args.threads} decode threads, {os.cpu_count()} cores, "
         f"device {_device()}"
     )

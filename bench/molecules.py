@@ -17,15 +17,14 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import BenchDatabase  # noqa: E402
 from bench.tabular import PeakRss  # noqa: E402
 
 
@@ -62,15 +61,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=500)
     args = ap.parse_args()
 
-    admin_url = make_url(args.database_url)
-    db_name = f"medbatch_bench_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    if admin_url.get_backend_name() == "postgresql":
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{db_name}"'))
-        db_url = admin_url.set(database=db_name).render_as_string(hide_password=False)
-    else:
-        db_url = args.database_url
+    bench_db = BenchDatabase.create(args.database_url)
+    db_url = bench_db.url
     import redis
 
     redis.Redis.from_url(args.broker_url).flushdb()
@@ -136,13 +128,11 @@ def main() -> None:
     details = [json.loads(d) if isinstance(d, str) else d for d in details]
 
     sample_s, sample_score_s, raw = raw_baseline(args.count, args.seed, args.batch_size, args.temperature)
-    if admin_url.get_backend_name() == "postgresql":
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+    bench_db.drop()
 
     n = args.count
     print(
-        f"\nbench/molecules.py: {n:,} molecules, {admin_url.get_backend_name()}, worker concurrency "
+        f"\nbench/molecules.py: {n:,} molecules, {bench_db.backend}, worker concurrency "
         f"{args.concurrency}, batch size {args.batch_size}, seed {args.seed}, temperature {args.temperature}, "
         f"{os.cpu_count()} cores, model {summary['model']['version']}"
     )

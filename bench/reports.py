@@ -16,16 +16,15 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import BenchDatabase  # noqa: E402
 from medbatch.ml.reports import build_messages, minimum_necessary  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
@@ -82,12 +81,8 @@ def main() -> None:
     facts = args.workdir / f"facts-{args.reports}.csv"
     rows = write_facts(facts, args.reports)
 
-    admin_url = make_url(args.database_url)
-    db_name = f"medbatch_bench_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{db_name}"'))
-    db_url = admin_url.set(database=db_name).render_as_string(hide_password=False)
+    bench_db = BenchDatabase.create(args.database_url)
+    db_url = bench_db.url
     import redis
 
     redis.Redis.from_url(args.broker_url).flushdb()
@@ -133,8 +128,7 @@ def main() -> None:
     with engine.connect() as c:
         stored, tokens = c.execute(text("select count(*), coalesce(sum(tokens_in + tokens_out), 0) from reports")).one()
     engine.dispose()
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+    bench_db.drop()
 
     n = args.reports
     print(

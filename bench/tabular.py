@@ -15,16 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psutil
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import BenchDatabase  # noqa: E402
 from medbatch.producer.synthetic import write_patients  # noqa: E402
 
 
@@ -89,15 +88,8 @@ def main() -> None:
     size_mb = data.stat().st_size / 1e6
 
     # A database of our own, dropped at the end.
-    admin_url = make_url(args.database_url)
-    db_name = f"medbatch_bench_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    if admin_url.get_backend_name() == "postgresql":
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{db_name}"'))
-        db_url = admin_url.set(database=db_name).render_as_string(hide_password=False)
-    else:
-        db_url = args.database_url
+    bench_db = BenchDatabase.create(args.database_url)
+    db_url = bench_db.url
     import redis
 
     redis.Redis.from_url(args.broker_url).flushdb()
@@ -143,13 +135,11 @@ def main() -> None:
     engine.dispose()
 
     raw = raw_baseline(data)
-    if admin_url.get_backend_name() == "postgresql":
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+    bench_db.drop()
 
     rows = args.rows
     print(
-        f"\nbench/tabular.py: {rows:,} rows ({size_mb:.0f} MB CSV), {admin_url.get_backend_name()}, "
+        f"\nbench/tabular.py: {rows:,} rows ({size_mb:.0f} MB CSV), {bench_db.backend}, "
         f"worker concurrency {args.concurrency}, batch size {args.batch_size}, {os.cpu_count()} cores"
     )
     print(
