@@ -24,19 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
+from medbatch import defaults
 from medbatch.errors import InvalidInput
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
-#: Modalities accepted as plain radiographs: computed and digital radiography (and the retired DR/RG).
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG"})
-#: Largest image decoded, in pixels per frame (a 4,096 x 4,096 detector is 16.8 M; 8 x that is refused).
-DEFAULT_MAX_PIXELS = 134_217_728
+#: Modalities accepted as plain radiographs (see :mod:`medbatch.defaults` for this and the limits below).
+RADIOGRAPH_MODALITIES = frozenset(defaults.IMAGING_MODALITIES)
+#: Largest image decoded, in pixels per frame.
+DEFAULT_MAX_PIXELS = defaults.IMAGING_MAX_PIXELS
 #: Largest file read, in bytes.
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_BYTES = defaults.IMAGING_MAX_FILE_BYTES
 #: Largest decoded pixel buffer of a DICOM (all frames), in bytes.
-DEFAULT_MAX_DECODED_BYTES = 1024 * 1024 * 1024
+DEFAULT_MAX_DECODED_BYTES = defaults.IMAGING_MAX_DECODED_BYTES
 
 
 class ImageRejected(InvalidInput):

@@ -32,6 +32,7 @@ from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from medbatch import defaults
 from medbatch.errors import InvalidInput, ModelMisconfigured, PermanentError, RateLimited, RetryableError
 
 PROMPT_VERSION = "report-v1"
@@ -41,12 +42,6 @@ OFFLINE_LABEL = "OFFLINE TEMPLATE DRAFT - not written by a language model - requ
 """First line of every offline report."""
 
 OFFLINE_MODEL = "offline-template"
-DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
-DEFAULT_TEMPERATURE = 0.2
-DEFAULT_MAX_TOKENS = 600
-"""Output token cap per report: three short sections fit in about 300 tokens; the rest is headroom."""
-DEFAULT_TIMEOUT_S = 60.0
-"""Seconds the SDK waits for one chat completion before :class:`ProviderUnavailable` is raised."""
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 BATCH_COMPLETION_WINDOW = "24h"
@@ -589,9 +584,9 @@ class OpenAIProvider:
         api_key: str | None,
         base_url: str | None,
         model: str,
-        temperature: float = DEFAULT_TEMPERATURE,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        temperature: float = defaults.LLM_TEMPERATURE,
+        max_tokens: int = defaults.LLM_MAX_TOKENS,
+        timeout_s: float = defaults.LLM_TIMEOUT_S,
         prices: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         try:
@@ -812,7 +807,7 @@ def make_provider(name: str, **settings: Any) -> OfflineProvider | OpenAIProvide
     Args:
         name: ``"offline"`` (settings ignored) or ``"openai"`` (settings are :class:`OpenAIProvider`'s
             keyword arguments; ``api_key``/``base_url`` default to ``None``, ``model`` to
-            :data:`DEFAULT_OPENAI_MODEL`).
+            :data:`medbatch.defaults.LLM_MODEL`).
 
     Raises:
         ModelMisconfigured: an unknown name or an unusable OpenAI configuration.
@@ -824,7 +819,7 @@ def make_provider(name: str, **settings: Any) -> OfflineProvider | OpenAIProvide
         settings.setdefault("api_key", None)
         settings.setdefault("base_url", None)
         if not settings.get("model"):
-            settings["model"] = DEFAULT_OPENAI_MODEL
+            settings["model"] = defaults.LLM_MODEL
         try:
             return OpenAIProvider(**settings)
         except TypeError as exc:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from medbatch import defaults
 from medbatch.errors import InvalidInput, ModelMisconfigured
 from medbatch.ml import images
 
@@ -445,7 +446,11 @@ def _file_sha256(path: Path) -> str:
 
 
 def decode_many(
-    paths: Sequence[Path], size: int, *, threads: int = 4, progress: Callable[[int, int], None] | None = None
+    paths: Sequence[Path],
+    size: int,
+    *,
+    threads: int = defaults.IMAGING_DECODE_THREADS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Decode and resize images in parallel threads.
 
@@ -579,7 +584,7 @@ def train_xray(
     seed: int = 0,
     holdout_fraction: float = 0.15,
     threshold: str | float = "youden",
-    threads: int = 4,
+    threads: int = defaults.IMAGING_DECODE_THREADS,
     log: Callable[[str], None] = lambda _m: None,
 ) -> TrainedXray:
     """Train the CNN on ``data_dir`` (see :func:`find_layout`) and evaluate it on held-out images.

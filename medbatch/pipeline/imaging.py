@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from medbatch import defaults
 from medbatch.ml import images
 from medbatch.pipeline.common import item_failure, run_batch
 
@@ -34,8 +35,8 @@ class ImagingOptions:
     """Worker-side limits and locations for imaging batches (plain values from the settings)."""
 
     results_dir: Path
-    decode_threads: int = 4
-    predict_batch: int = 32
+    decode_threads: int = defaults.IMAGING_DECODE_THREADS
+    predict_batch: int = defaults.IMAGING_PREDICT_BATCH_IMAGES
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     max_bytes: int = images.DEFAULT_MAX_BYTES
     modalities: tuple[str, ...] = tuple(sorted(images.RADIOGRAPH_MODALITIES))

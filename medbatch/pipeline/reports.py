@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from medbatch import defaults
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.errors import BrokerUnavailable, DatabaseUnavailable, PermanentError, RateLimited, RetryableError
@@ -31,9 +32,9 @@ class Limiter(Protocol):
 class CallPolicy:
     """How hard to try one report before it becomes an item error."""
 
-    max_attempts: int = 4
+    max_attempts: int = defaults.LLM_MAX_ATTEMPTS
     backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
+    backoff_max_s: float = defaults.LLM_BACKOFF_MAX_S
 
 
 def call_with_retries(call: Callable[[], Any], policy: CallPolicy, sleep: Callable[[float], None] = time.sleep) -> Any:
