@@ -139,7 +139,7 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
             )
             jobs.append(summary)
 
-        from medbatch.cli import _wait
+        from medbatch.cli.jobs import _wait
 
         finals = [_wait(settings.database_url, s.job_id, timeout_s=600) for s in jobs]
         # The demo spends nothing: offline templates unless a provider is chosen explicitly.
