@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medbatch import defaults
-from medbatch.errors import InvalidInput
+from medbatch.errors import ImageRejected, InvalidInput  # noqa: F401 - ImageRejected re-exported
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -38,10 +38,6 @@ DEFAULT_MAX_PIXELS = defaults.IMAGING_MAX_PIXELS
 DEFAULT_MAX_BYTES = defaults.IMAGING_MAX_FILE_BYTES
 #: Largest decoded pixel buffer of a DICOM (all frames), in bytes.
 DEFAULT_MAX_DECODED_BYTES = defaults.IMAGING_MAX_DECODED_BYTES
-
-
-class ImageRejected(InvalidInput):
-    """The file is not a radiograph this reader can use; the message says why."""
 
 
 @dataclass

@@ -7,7 +7,6 @@ only knows files.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medbatch.errors import ModelMisconfigured
+from medbatch.ml.artifacts import file_version  # noqa: F401 - re-exported: the registry's version of a file
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models"
 BUILTIN_PREFIX = "builtin:"
@@ -45,15 +45,6 @@ def resolve_uri(uri: str) -> Path:
     if uri.startswith(BUILTIN_PREFIX):
         return BUILTIN_DIR / uri[len(BUILTIN_PREFIX) :]
     return Path(uri).expanduser()
-
-
-def file_version(path: Path) -> str:
-    """The version of an artifact: the first 16 hex digits of the SHA-256 of its bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def save_versioned(save: Callable[[Path], Path], root: Path, name: str) -> Path:

@@ -7,8 +7,10 @@ Two providers share one contract, ``generate(facts) -> ReportDraft``:
 * ``openai``: the official ``openai`` SDK (imported inside the provider, so importing this module
   stays cheap). It works against OpenAI and any OpenAI-compatible server (vLLM, Ollama) through
   ``base_url``; ``api_key``/``base_url`` left as ``None`` fall back to the SDK's own
-  ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` handling. The SDK's retries are switched off: the task
-  layer retries :class:`ProviderUnavailable` and ``RateLimited`` with its own backoff and cap.
+  ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` handling. The SDK's retries are switched off: the pipeline
+  (``medbatch.pipeline.reports.call_with_retries``) retries :class:`ProviderUnavailable` and ``RateLimited``
+  per report with its own backoff (honouring ``Retry-After``) and cap (``llm_max_attempts``); a report
+  still failing after the last try becomes an item error, not a task retry.
 
 A report has three sections, in this order: Condition, Recommended treatment, Follow-up.
 
@@ -33,7 +35,15 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from medbatch import defaults
-from medbatch.errors import InvalidInput, ModelMisconfigured, PermanentError, RateLimited, RetryableError
+from medbatch.errors import (  # noqa: F401 - the provider errors are re-exported for callers of this module
+    BatchNotFinished,
+    InvalidInput,
+    InvalidModelOutput,
+    ModelMisconfigured,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+)
 
 PROMPT_VERSION = "report-v1"
 """Version of the prompt template (and of the offline template); bump it whenever either changes."""
@@ -138,34 +148,6 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
 }
 """Default (input, output) list prices in USD per million tokens. Pass your own table (contract prices,
 self-hosted models at 0.0) to override; a model in no table gets ``cost_usd=None``, never a guess."""
-
-
-class InvalidModelOutput(PermanentError):
-    """The model answered, but not with a usable report: refusal, empty, truncated, malformed.
-
-    ``reason`` is a short code (``refusal``, ``empty``, ``truncated``, ``content_filter``,
-    ``missing_sections``, ``malformed``, ``batch_error``) suitable for an item error's reason.
-    """
-
-    def __init__(self, message: str, reason: str = "invalid_output"):
-        super().__init__(message)
-        self.reason = reason
-
-
-class ProviderUnavailable(RetryableError):
-    """The provider did not answer usefully this time: HTTP 5xx, 408/409, a timeout or a dropped connection."""
-
-
-class ProviderRejected(PermanentError):
-    """The provider refused the request itself (HTTP 4xx other than 429): bad key, unknown model, bad request."""
-
-    def __init__(self, message: str, status_code: int | None = None):
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class BatchNotFinished(RetryableError):
-    """A Batch API job has not reached a final state yet; poll again later."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,178 @@
+"""Model artifacts on disk: the one streaming SHA-256, versions, atomic writes, the Keras-zip format.
+
+* :func:`file_sha256` is the project's only streaming SHA-256 of a file (the registry's versions, the
+  X-ray training fingerprint, the nightly inbox ledger and the image producer all use it).
+* A version is the first :data:`VERSION_CHARS` hex characters of the SHA-256 of the artifact's bytes.
+* :func:`atomic_write` writes to a temporary name in the same folder and renames: a reader never sees
+  half a file.
+* The Keras-zip format (X-ray CNN, molecule generator): one zip holding ``model.keras`` and JSON
+  entries (``meta.json`` with a ``format`` tag), entries stamped 2020-01-01 so the same content gives the
+  same bytes, loaded with Keras ``safe_mode=True`` (no code runs from an artifact).
+
+TensorFlow and Keras are imported inside functions only: importing this module costs nothing, and a
+Celery parent process never loads TensorFlow before it forks its children.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from medbatch.errors import ModelMisconfigured
+
+#: Hex characters of an artifact's SHA-256 kept as its version.
+VERSION_CHARS = 16
+#: Bytes read at a time while hashing a file.
+HASH_BLOCK_BYTES = 1 << 20
+#: Timestamp of every Keras-zip entry, so identical content gives identical bytes.
+ZIP_ENTRY_DATE = (2020, 1, 1, 0, 0, 0)
+KERAS_ENTRY = "model.keras"
+META_ENTRY = "meta.json"
+
+_tf_lock = threading.Lock()
+_tf_ready = False
+
+
+# --------------------------------------------------------------------------- hashes and versions
+
+
+def file_digest(path: Path, *, head_bytes: int = 0) -> tuple[str, bytes]:
+    """``(SHA-256 hex of the file, its first head_bytes bytes)``, reading the file once in blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        head = fh.read(head_bytes) if head_bytes else b""
+        digest.update(head)
+        for block in iter(lambda: fh.read(HASH_BLOCK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest(), head
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes, streamed: memory stays flat however large the file."""
+    return file_digest(path)[0]
+
+
+def file_version(path: Path) -> str:
+    """The version of an artifact: the first :data:`VERSION_CHARS` hex digits of the SHA-256 of its bytes."""
+    return file_sha256(path)[:VERSION_CHARS]
+
+
+def bytes_version(data: bytes) -> str:
+    """The version of artifact bytes held in memory (the same digits :func:`file_version` gives for the file)."""
+    return hashlib.sha256(data).hexdigest()[:VERSION_CHARS]
+
+
+def read_artifact(path: Path) -> bytes:
+    """An artifact's bytes.
+
+    Raises:
+        ModelMisconfigured: the file is missing or unreadable.
+    """
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelMisconfigured(f"model artifact {path} is missing") from exc
+    except OSError as exc:
+        raise ModelMisconfigured(f"model artifact {path} cannot be read: {exc}") from exc
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename (mode 0644)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped artifacts must be readable by the worker user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_bytes(obj: Any) -> bytes:
+    """JSON for an artifact entry: indented, keys sorted, anything unknown as its string."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
+# --------------------------------------------------------------------------- TensorFlow and Keras
+
+
+def tf_module():
+    """Import TensorFlow once per process, with GPU memory growth on (so one process per GPU can share it).
+
+    Memory growth must be set before the first GPU operation; this is the only place TensorFlow is imported.
+    """
+    global _tf_ready
+    import tensorflow as tf
+
+    with _tf_lock:
+        if not _tf_ready:
+            for gpu in tf.config.list_physical_devices("GPU"):
+                try:
+                    tf.config.experimental.set_memory_growth(gpu, True)
+                except RuntimeError:  # already initialised by someone else: nothing to do
+                    pass
+            _tf_ready = True
+    return tf
+
+
+def save_keras_zip(
+    keras_model: Any, path: Path, entries: Iterable[tuple[str, bytes]], *, compression: int = zipfile.ZIP_STORED
+) -> Path:
+    """Write ``model.keras`` then ``entries`` (name, bytes) into the zip ``path``, atomically; returns ``path``.
+
+    Every entry carries :data:`ZIP_ENTRY_DATE`, so the same weights and metadata give the same bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="medbatch-keras-") as tmp:
+        keras_path = Path(tmp) / KERAS_ENTRY
+        keras_model.save(keras_path)
+        zip_path = Path(tmp) / path.name
+        with zipfile.ZipFile(zip_path, "w", compression=compression) as zf:
+            for name, data in ((KERAS_ENTRY, keras_path.read_bytes()), *entries):
+                zf.writestr(zipfile.ZipInfo(name, date_time=ZIP_ENTRY_DATE), data, compression)
+        atomic_write(path, zip_path.read_bytes())
+    return path
+
+
+def load_keras_zip(path: Path, *, entries: set[str], artifact_format: str, kind: str) -> tuple[Any, dict, dict]:
+    """Open a Keras-zip artifact: ``(keras model, meta.json as a dict, {other entry: bytes})``.
+
+    Args:
+        path: the zip file.
+        entries: exactly the entry names it must hold (``model.keras`` and ``meta.json`` among them).
+        artifact_format: the ``format`` meta.json must carry.
+        kind: the model's name in error messages (``X-ray``, ``molecule``).
+
+    Raises:
+        ModelMisconfigured: other entries, another format, or unreadable (the message names the file).
+    """
+    path = Path(path)
+    tf_module()
+    import keras
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if names != set(entries):
+                raise ModelMisconfigured(f"{path} is not a medbatch {kind} artifact (holds {sorted(names)})")
+            meta = json.loads(zf.read(META_ENTRY))
+            if meta.get("format") != artifact_format:
+                raise ModelMisconfigured(f"{path}: unknown artifact format {meta.get('format')!r}")
+            others = {name: zf.read(name) for name in sorted(names - {KERAS_ENTRY, META_ENTRY})}
+            with tempfile.TemporaryDirectory(prefix="medbatch-keras-") as tmp:
+                target = Path(tmp) / KERAS_ENTRY
+                target.write_bytes(zf.read(KERAS_ENTRY))
+                model = keras.saving.load_model(target, compile=False, safe_mode=True)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise ModelMisconfigured(f"{path}: cannot load {kind} model: {type(exc).__name__}: {exc}") from None
+    return model, meta, others
