@@ -1,0 +1,1 @@
+"""Interoperability with the hospital's own systems: DICOM (PACS) and FHIR (EHR)."""
