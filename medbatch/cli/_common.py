@@ -1,9 +1,20 @@
-"""What every command shares: the app, the consoles, the exit codes, the database and broker at hand."""
+"""What every command shares: the app, the consoles, the exit codes and the one map from the error tree
+(``medbatch/errors.py``) to them, applied by :func:`with_exit_codes` to every command.
+
+Exit codes, the same for every command: 0 done, 1 the work failed (a job failed, a check found a problem, or
+an error of the tree not listed here), 2 bad input (``InvalidInput``), 3 a service is down (``BrokerUnavailable``,
+``DatabaseUnavailable``, or a driver error that means the database is unreachable), 4 unknown job, batch or
+model (``NotFound``).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
+import click
 import typer
 from rich.console import Console
 
@@ -19,9 +30,12 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
+EXIT_FAILED = 1
 EXIT_INVALID_INPUT = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_FOUND = 4
+
+F = TypeVar("F", bound=Callable)
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -30,6 +44,7 @@ def fail(message: str, code: int) -> typer.Exit:
 
 
 def handle(exc: MedbatchError) -> typer.Exit:
+    """Say what went wrong in one line on stderr; the ``typer.Exit`` to raise carries the exit code."""
     if isinstance(exc, InvalidInput):
         return fail(str(exc), EXIT_INVALID_INPUT)
     if isinstance(exc, NotFound):
@@ -42,7 +57,40 @@ def handle(exc: MedbatchError) -> typer.Exit:
         )
     if isinstance(exc, DatabaseUnavailable):
         return fail(f"{exc} ({redact_url(get_settings().database_url)})", EXIT_UNAVAILABLE)
-    return fail(str(exc), 1)
+    return fail(str(exc), EXIT_FAILED)
+
+
+def database_error(exc: BaseException) -> DatabaseUnavailable | None:
+    """The ``DatabaseUnavailable`` a driver error means, or None when it is something else (a bug, say)."""
+    if "sqlalchemy" not in sys.modules:  # nothing has touched a database
+        return None
+    from medbatch.db.session import describe, is_transient
+
+    return DatabaseUnavailable(f"database unreachable: {describe(exc)}") if is_transient(exc) else None
+
+
+def with_exit_codes(command: F) -> F:
+    """Run ``command`` so that an error of the tree (or an unreachable database) ends it with one line on stderr
+    and the exit code of the map above, never a traceback. Every command of this package wears it, under its
+    ``@app.command()``; ``tests/integration/test_cli.py`` checks that none is missing.
+    """
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except MedbatchError as exc:
+            raise handle(exc) from None
+        except Exception as exc:
+            unavailable = database_error(exc)
+            if unavailable is None:
+                raise
+            raise handle(unavailable) from None
+
+    run.with_exit_codes = True
+    return run  # type: ignore[return-value]
 
 
 def ready_db() -> str:
@@ -52,12 +100,11 @@ def ready_db() -> str:
     url = get_settings().database_url
     try:
         upgrade(url)
-    except Exception as exc:  # noqa: BLE001 - say what is wrong, not a traceback
-        from medbatch.db.session import describe, is_transient
-
-        if is_transient(exc):
-            raise handle(DatabaseUnavailable(f"database unreachable: {describe(exc)}")) from None
-        raise
+    except Exception as exc:
+        unavailable = database_error(exc)
+        if unavailable is None:
+            raise
+        raise unavailable from None
     return url
 
 

@@ -11,18 +11,16 @@ import typer
 from rich.table import Table
 
 from medbatch.cli._common import (
-    EXIT_INVALID_INPUT,
     AsJson,
     app,
     err,
-    fail,
-    handle,
     out,
     ready_db,
     sender,
+    with_exit_codes,
 )
 from medbatch.config import get_settings
-from medbatch.errors import InvalidInput, MedbatchError
+from medbatch.errors import InvalidInput
 from medbatch.producer.identity import whoami
 
 
@@ -31,19 +29,16 @@ def _counts(url: str, job_id: int) -> dict:
     from medbatch.db.session import session_scope
     from medbatch.db.tables import FINISHED_JOB
 
-    try:
-        with session_scope(url) as s:
-            counts = repo.job_counts(s, job_id)
-            if counts["workload"] in ("risk", "treatment", "xray"):
-                counts["labels"] = {str(k): v for k, v in repo.label_counts(s, job_id).items()}
-        if counts["workload"] == "molecules" and counts["status"] in FINISHED_JOB and counts.get("metrics") is None:
-            # The worker that finished the job died before measuring it: measure it now (idempotent).
-            from medbatch.pipeline.molecules import finalize_job
+    with session_scope(url) as s:
+        counts = repo.job_counts(s, job_id)
+        if counts["workload"] in ("risk", "treatment", "xray"):
+            counts["labels"] = {str(k): v for k, v in repo.label_counts(s, job_id).items()}
+    if counts["workload"] == "molecules" and counts["status"] in FINISHED_JOB and counts.get("metrics") is None:
+        # The worker that finished the job died before measuring it: measure it now (idempotent).
+        from medbatch.pipeline.molecules import finalize_job
 
-            counts["metrics"] = finalize_job(url, job_id)
-        return counts
-    except MedbatchError as exc:
-        raise handle(exc) from None
+        counts["metrics"] = finalize_job(url, job_id)
+    return counts
 
 
 #: Seconds without progress before `--wait` reminds the user that a worker must be running.
@@ -157,6 +152,7 @@ def _add_molecule_metrics(table: Table, m: dict) -> None:
 
 
 @app.command()
+@with_exit_codes
 def status(
     job_id: Annotated[int | None, typer.Argument(help="Job id; omit to list recent jobs.")] = None,
     as_json: AsJson = False,
@@ -195,6 +191,7 @@ def status(
 
 
 @app.command()
+@with_exit_codes
 def results(
     job_id: Annotated[int, typer.Argument(help="Job id.")],
     fmt: Annotated[str, typer.Option("--format", help="csv, json (JSON Lines) or parquet.")] = "csv",
@@ -209,51 +206,47 @@ def results(
     from medbatch.export import ERROR_COLUMNS, FORMATS, RESULT_COLUMNS, write_rows
 
     if fmt not in FORMATS:
-        raise fail(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}", EXIT_INVALID_INPUT)
+        raise InvalidInput(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     if fmt == "parquet" and output is None:
-        raise fail("parquet is binary: give --output FILE", EXIT_INVALID_INPUT)
+        raise InvalidInput("parquet is binary: give --output FILE")
     url = ready_db()
-    try:
-        with session_scope(url) as s:
-            repo.get_job(s, job_id)
-            rows = repo.iter_errors(s, job_id) if errors else repo.iter_results(s, job_id)
-            try:
-                n = write_rows(rows, fmt, output, empty_columns=ERROR_COLUMNS if errors else RESULT_COLUMNS)
-            except OSError as exc:
-                raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
-        with session_scope(url) as s:
-            repo.audit(
-                s,
-                actor=whoami(),
-                action="export",
-                job_id=job_id,
-                detail={
-                    "what": "errors" if errors else "results",
-                    "format": fmt,
-                    "rows": n,
-                    "output": str(output) if output else "stdout",
-                },
-            )
-    except MedbatchError as exc:
-        raise handle(exc) from None
+    with session_scope(url) as s:
+        repo.get_job(s, job_id)
+        rows = repo.iter_errors(s, job_id) if errors else repo.iter_results(s, job_id)
+        try:
+            n = write_rows(rows, fmt, output, empty_columns=ERROR_COLUMNS if errors else RESULT_COLUMNS)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
+    with session_scope(url) as s:
+        repo.audit(
+            s,
+            actor=whoami(),
+            action="export",
+            job_id=job_id,
+            detail={
+                "what": "errors" if errors else "results",
+                "format": fmt,
+                "rows": n,
+                "output": str(output) if output else "stdout",
+            },
+        )
     if output:
         err.print(f"{n} {'errors' if errors else 'results'} written to {output}")
 
 
 @app.command()
+@with_exit_codes
 def resume(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """Re-send every unfinished batch of a job (after a broker loss, say). Safe to repeat: writes are idempotent."""
     from medbatch.producer.enqueue import resume_job
 
     url = ready_db()
-    try:
-        sent = resume_job(job_id, database_url=url, send=sender())
-    except MedbatchError as exc:
-        raise handle(exc) from None
+    sent = resume_job(job_id, database_url=url, send=sender())
     err.print(f"job {job_id}: {sent} unfinished batch(es) re-sent")
 
 
 @app.command("reconcile")
+@with_exit_codes
 def reconcile_cmd(
     older_than_s: Annotated[
         int | None, typer.Option(help="Re-send batches untouched this long [MEDBATCH_RECONCILE_AFTER_S].")
@@ -264,8 +257,5 @@ def reconcile_cmd(
 
     settings = get_settings()
     url = ready_db()
-    try:
-        sent = reconcile(database_url=url, send=sender(), older_than_s=older_than_s or settings.reconcile_after_s)
-    except MedbatchError as exc:
-        raise handle(exc) from None
+    sent = reconcile(database_url=url, send=sender(), older_than_s=older_than_s or settings.reconcile_after_s)
     err.print(f"{sum(sent.values())} stuck batch(es) re-sent" + (f" for jobs {sorted(sent)}" if sent else ""))

@@ -9,22 +9,21 @@ from typing import Annotated
 import typer
 
 from medbatch.cli._common import (
-    EXIT_INVALID_INPUT,
     AsJson,
     app,
     err,
-    fail,
-    handle,
     out,
     ready_db,
     sender,
+    with_exit_codes,
 )
 from medbatch.config import get_settings
-from medbatch.errors import MedbatchError
+from medbatch.errors import InvalidInput
 from medbatch.producer.identity import whoami
 
 
 @app.command()
+@with_exit_codes
 def nightly(
     inbox: Annotated[
         Path | None, typer.Option("--inbox", help="Inbox folder [MEDBATCH_NIGHTLY_INBOX].", show_default=False)
@@ -47,31 +46,28 @@ def nightly(
     settings = get_settings()
     folder = inbox or settings.nightly_inbox
     if folder is None:
-        raise fail("give --inbox DIR or set MEDBATCH_NIGHTLY_INBOX", EXIT_INVALID_INPUT)
+        raise InvalidInput("give --inbox DIR or set MEDBATCH_NIGHTLY_INBOX")
     url = ready_db()
     cfg = NightlyConfig.from_settings(settings)
     if settle_s is not None:
         cfg = replace(cfg, settle_s=settle_s)
     say = (lambda m: None) if as_json else (lambda m: err.print(m, highlight=False))
-    try:
-        outcome = run_nightly(
-            folder,
-            cfg,
-            sender(),
-            wait=wait,
-            timeout_s=timeout_s if timeout_s is not None else settings.nightly_timeout_s,
-            progress=say,
+    outcome = run_nightly(
+        folder,
+        cfg,
+        sender(),
+        wait=wait,
+        timeout_s=timeout_s if timeout_s is not None else settings.nightly_timeout_s,
+        progress=say,
+    )
+    if summary and wait:
+        from datetime import date
+
+        from medbatch.summary import write_night
+
+        outcome.summary_html = str(
+            write_night(url, date.fromisoformat(outcome.night), settings.results_dir / "nights", settings.timezone)
         )
-        if summary and wait:
-            from datetime import date
-
-            from medbatch.summary import write_night
-
-            outcome.summary_html = str(
-                write_night(url, date.fromisoformat(outcome.night), settings.results_dir / "nights", settings.timezone)
-            )
-    except MedbatchError as exc:
-        raise handle(exc) from None
     if as_json:
         out.print_json(json.dumps(outcome.as_dict(), default=str))
     else:
@@ -100,6 +96,7 @@ def nightly(
 
 
 @app.command("report-night")
+@with_exit_codes
 def report_night(
     night: Annotated[
         str | None, typer.Argument(help="The night, YYYY-MM-DD (noon to noon) [default: the last one].")
@@ -120,7 +117,7 @@ def report_night(
     try:
         day = date.fromisoformat(night) if night else night_of(datetime.now(UTC), settings.timezone)
     except ValueError:
-        raise fail(f"not a date: {night!r} (use YYYY-MM-DD)", EXIT_INVALID_INPUT) from None
+        raise InvalidInput(f"not a date: {night!r} (use YYYY-MM-DD)") from None
     if as_json:
         data = collect(url, day, settings.timezone)
         out.print_json(json.dumps(data, default=str))

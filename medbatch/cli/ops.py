@@ -10,15 +10,16 @@ from typing import Annotated
 import typer
 
 from medbatch.cli._common import (
-    EXIT_INVALID_INPUT,
     EXIT_UNAVAILABLE,
     app,
     err,
     fail,
     out,
     ready_db,
+    with_exit_codes,
 )
 from medbatch.config import get_settings, redact_url
+from medbatch.errors import InvalidInput
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 worker_app = typer.Typer(help="Run a Celery worker (default) or check one.", invoke_without_command=True)
@@ -27,6 +28,7 @@ app.add_typer(worker_app, name="worker")
 
 
 @app.command()
+@with_exit_codes
 def beat() -> None:
     """Run Celery beat: the reconciler every MEDBATCH_RECONCILE_INTERVAL_S (one beat per deployment)."""
     from medbatch.worker.app import app as celery_app
@@ -35,6 +37,7 @@ def beat() -> None:
 
 
 @db_app.command("upgrade")
+@with_exit_codes
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply the Alembic migrations to the configured database."""
     from medbatch.db.migrate import current_revision, upgrade
@@ -45,6 +48,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
 
 @worker_app.callback()
+@with_exit_codes
 def worker(
     ctx: typer.Context,
     queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues.")] = "tabular",
@@ -84,6 +88,7 @@ def worker(
 
 
 @worker_app.command("check")
+@with_exit_codes
 def worker_check(
     hostname: Annotated[str, typer.Option("--hostname", "-n", help="The worker's name, e.g. tabular@host.")],
     queues: Annotated[str, typer.Option("--queues", "-Q", help="Queues it consumes, comma-separated.")] = "tabular",
@@ -106,6 +111,7 @@ def worker_check(
 
 
 @app.command()
+@with_exit_codes
 def flower(
     port: Annotated[int | None, typer.Option(help="Port [MEDBATCH_FLOWER_PORT].")] = None,
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -127,11 +133,12 @@ def flower(
         # Through the environment, not argv, so the password does not show in the process list.
         env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
     elif settings.environment == "production":
-        raise fail("set MEDBATCH_FLOWER_BASIC_AUTH=user:password before exposing Flower", EXIT_INVALID_INPUT)
+        raise InvalidInput("set MEDBATCH_FLOWER_BASIC_AUTH=user:password before exposing Flower")
     os.execve(sys.executable, argv, env)
 
 
 @app.command()
+@with_exit_codes
 def metrics(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9808,
     address: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a container).")] = "127.0.0.1",
@@ -159,6 +166,7 @@ def metrics(
 
 
 @app.command()
+@with_exit_codes
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its inputs and results.")] = Path(
         "medbatch-demo"

@@ -16,13 +16,12 @@ from medbatch.cli._common import (
     Wait,
     app,
     err,
-    handle,
     out,
     ready_db,
     sender,
+    with_exit_codes,
 )
 from medbatch.config import get_settings
-from medbatch.errors import MedbatchError
 
 submit_app = typer.Typer(help="Stage inputs as a job and queue its batches.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
@@ -60,20 +59,17 @@ def _submit_tabular(
     settings = get_settings()
     url = ready_db()
     size = file.stat().st_size if file.is_file() else 0
-    try:
-        with _staging_progress("staging", file.name, size, show=not as_json) as progress:
-            summary = submit_records(
-                file,
-                workload,
-                database_url=url,
-                send=sender(),
-                batch_size=batch_size or settings.batch_size,
-                id_column=id_column,
-                progress=progress,
-                input_roots=settings.allowed_input_roots(),
-            )
-    except MedbatchError as exc:
-        raise handle(exc) from None
+    with _staging_progress("staging", file.name, size, show=not as_json) as progress:
+        summary = submit_records(
+            file,
+            workload,
+            database_url=url,
+            send=sender(),
+            batch_size=batch_size or settings.batch_size,
+            id_column=id_column,
+            progress=progress,
+            input_roots=settings.allowed_input_roots(),
+        )
     _after_submit(summary, url, as_json, wait)
 
 
@@ -103,6 +99,7 @@ def _after_submit(summary, url: str, as_json: bool, wait: bool) -> None:
 
 
 @submit_app.command("risk")
+@with_exit_codes
 def submit_risk(
     file: CsvFile, batch_size: BatchSize = None, id_column: IdColumn = None, as_json: AsJson = False, wait: Wait = False
 ) -> None:
@@ -111,6 +108,7 @@ def submit_risk(
 
 
 @submit_app.command("treatment")
+@with_exit_codes
 def submit_treatment(
     file: CsvFile, batch_size: BatchSize = None, id_column: IdColumn = None, as_json: AsJson = False, wait: Wait = False
 ) -> None:
@@ -119,6 +117,7 @@ def submit_treatment(
 
 
 @submit_app.command("report")
+@with_exit_codes
 def submit_report(
     file: Annotated[Path | None, typer.Argument(help="Patient-facts CSV (omit with --from-job).")] = None,
     from_job: Annotated[
@@ -142,29 +141,27 @@ def submit_report(
     settings = get_settings()
     url = ready_db()
     provider = settings.resolved_llm_provider()
-    try:
-        summary = submit_reports(
-            database_url=url,
-            send=sender(),
-            provider=provider,
-            llm_model=settings.llm_model,
-            path=file,
-            from_job=from_job,
-            limit=limit,
-            mode=mode,
-            budget_tokens=budget_tokens,
-            batch_size=batch_size or settings.report_batch_size,
-            id_column=id_column,
-            input_roots=settings.allowed_input_roots(),
-        )
-    except MedbatchError as exc:
-        raise handle(exc) from None
+    summary = submit_reports(
+        database_url=url,
+        send=sender(),
+        provider=provider,
+        llm_model=settings.llm_model,
+        path=file,
+        from_job=from_job,
+        limit=limit,
+        mode=mode,
+        budget_tokens=budget_tokens,
+        batch_size=batch_size or settings.report_batch_size,
+        id_column=id_column,
+        input_roots=settings.allowed_input_roots(),
+    )
     _after_submit(summary, url, as_json, wait)
     if provider == "offline" and not as_json:
         err.print("[yellow]note:[/] no OpenAI API key is set: reports are OFFLINE TEMPLATE drafts, labelled as such")
 
 
 @submit_app.command("xray")
+@with_exit_codes
 def submit_xray(
     folder: Annotated[Path, typer.Argument(help="Folder of PNG, JPEG or DICOM radiographs (searched recursively).")],
     include: Annotated[
@@ -184,26 +181,24 @@ def submit_xray(
 
     settings = get_settings()
     url = ready_db()
-    try:
-        with _staging_progress("hashing", folder.name, None, show=not as_json) as progress:
-            summary = submit_images(
-                folder,
-                database_url=url,
-                send=sender(),
-                batch_size=batch_size or settings.imaging_batch_size,
-                include=include or ("*",),
-                exclude=exclude or (),
-                max_bytes=settings.imaging_max_file_mb * 2**20,
-                modalities=settings.modality_list(),
-                input_roots=settings.allowed_input_roots(),
-                progress=progress,
-            )
-    except MedbatchError as exc:
-        raise handle(exc) from None
+    with _staging_progress("hashing", folder.name, None, show=not as_json) as progress:
+        summary = submit_images(
+            folder,
+            database_url=url,
+            send=sender(),
+            batch_size=batch_size or settings.imaging_batch_size,
+            include=include or ("*",),
+            exclude=exclude or (),
+            max_bytes=settings.imaging_max_file_mb * 2**20,
+            modalities=settings.modality_list(),
+            input_roots=settings.allowed_input_roots(),
+            progress=progress,
+        )
     _after_submit(summary, url, as_json, wait)
 
 
 @submit_app.command("molecules")
+@with_exit_codes
 def submit_molecules(
     count: Annotated[int, typer.Option("--count", "-n", help="How many molecules to generate (1 to 1,000,000).")],
     seed: Annotated[int, typer.Option(help="Random seed: the same seed and model give the same molecules.")] = 0,
@@ -220,15 +215,12 @@ def submit_molecules(
     from medbatch.producer.generation import DEFAULT_BATCH_SIZE, submit_molecules
 
     url = ready_db()
-    try:
-        summary = submit_molecules(
-            database_url=url,
-            send=sender(),
-            count=count,
-            seed=seed,
-            temperature=temperature,
-            batch_size=batch_size or DEFAULT_BATCH_SIZE,
-        )
-    except MedbatchError as exc:
-        raise handle(exc) from None
+    summary = submit_molecules(
+        database_url=url,
+        send=sender(),
+        count=count,
+        seed=seed,
+        temperature=temperature,
+        batch_size=batch_size or DEFAULT_BATCH_SIZE,
+    )
     _after_submit(summary, url, as_json, wait)

@@ -13,12 +13,12 @@ from medbatch.cli._common import (
     AsJson,
     app,
     err,
-    handle,
     out,
     ready_db,
+    with_exit_codes,
 )
 from medbatch.config import get_settings
-from medbatch.errors import InvalidInput, MedbatchError
+from medbatch.errors import InvalidInput
 from medbatch.producer.identity import whoami
 
 train_app = typer.Typer(help="Train a model, evaluate it on held-out data and register it.", no_args_is_help=True)
@@ -26,6 +26,7 @@ app.add_typer(train_app, name="train")
 
 
 @train_app.command("risk")
+@with_exit_codes
 def train_risk(
     csv_file: Annotated[
         Path | None, typer.Argument(help="CSV with the risk input columns and a target column.")
@@ -42,6 +43,7 @@ def train_risk(
 
 
 @train_app.command("treatment")
+@with_exit_codes
 def train_treatment(
     csv_file: Annotated[
         Path | None, typer.Argument(help="CSV with the treatment input columns and a plan column.")
@@ -58,6 +60,7 @@ def train_treatment(
 
 
 @train_app.command("xray")
+@with_exit_codes
 def train_xray(
     data_dir: Annotated[
         Path, typer.Argument(help="The chest_xray folder: train/NORMAL, train/PNEUMONIA, optional val/ and test/.")
@@ -85,40 +88,35 @@ def train_xray(
 
     url = ready_db()
     try:
-        try:
-            config = xray.XrayConfig(
-                input_size=input_size,
-                filters=tuple(int(f) for f in filters.split(",") if f.strip()),
-                dense_units=dense_units,
-                learning_rate=learning_rate,
-                batch_size=batch_size,
-                epochs=epochs,
-                augment=augment,
-            )
-            chosen: str | float = threshold if threshold == "youden" else float(threshold)
-        except ValueError:
-            raise InvalidInput(
-                f"--filters takes integers like 32,64,128, --threshold youden or 0..1 (got {filters!r}, {threshold!r})"
-            ) from None
-        if not isinstance(chosen, str) and not 0 < chosen < 1:
-            raise InvalidInput("--threshold must be between 0 and 1 (or youden)")
-        trained = xray.train_xray(
-            data_dir,
-            config=config,
-            seed=seed,
-            holdout_fraction=holdout,
-            threshold=chosen,
-            threads=get_settings().imaging_decode_threads,
-            log=lambda m: err.print(m, highlight=False),
+        config = xray.XrayConfig(
+            input_size=input_size,
+            filters=tuple(int(f) for f in filters.split(",") if f.strip()),
+            dense_units=dense_units,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            epochs=epochs,
+            augment=augment,
         )
-        directory = Path(out_dir or get_settings().model_dir)
-        path = registry.save_versioned(
-            lambda d: xray.save_model(trained.keras_model, trained.meta, d), directory, "xray"
-        )
-        card = xray.write_card(trained, path)
-        version = _register_trained(url, "xray", path, trained.meta["metrics"], trained.meta["training_data"]["root"])
-    except MedbatchError as exc:
-        raise handle(exc) from None
+        chosen: str | float = threshold if threshold == "youden" else float(threshold)
+    except ValueError:
+        raise InvalidInput(
+            f"--filters takes integers like 32,64,128, --threshold youden or 0..1 (got {filters!r}, {threshold!r})"
+        ) from None
+    if not isinstance(chosen, str) and not 0 < chosen < 1:
+        raise InvalidInput("--threshold must be between 0 and 1 (or youden)")
+    trained = xray.train_xray(
+        data_dir,
+        config=config,
+        seed=seed,
+        holdout_fraction=holdout,
+        threshold=chosen,
+        threads=get_settings().imaging_decode_threads,
+        log=lambda m: err.print(m, highlight=False),
+    )
+    directory = Path(out_dir or get_settings().model_dir)
+    path = registry.save_versioned(lambda d: xray.save_model(trained.keras_model, trained.meta, d), directory, "xray")
+    card = xray.write_card(trained, path)
+    version = _register_trained(url, "xray", path, trained.meta["metrics"], trained.meta["training_data"]["root"])
     test = trained.meta["metrics"]["test"]
     err.print(f"saved {path} (version {version}), registered as the active xray model; card {card}")
     out.print_json(
@@ -138,6 +136,7 @@ def train_xray(
 
 
 @train_app.command("molecules")
+@with_exit_codes
 def train_molecules(
     subset: Annotated[
         int, typer.Option(min=0, help="MOSES training SMILES to use, a seeded random subset (0 = all 1.58M).")
@@ -162,22 +161,19 @@ def train_molecules(
     from medbatch.ml import molecules, registry
 
     url = ready_db()
-    try:
-        trained = molecules.train_on_moses(
-            subset=subset or None,
-            epochs=epochs,
-            seed=seed,
-            config=molecules.MolConfig(units=units, layers=layers, learning_rate=learning_rate, batch_size=batch_size),
-            eval_samples=eval_samples,
-            time_budget_s=None if time_budget_min is None else time_budget_min * 60,
-            log=lambda m: err.print(m, highlight=False),
-        )
-        directory = Path(out_dir or get_settings().model_dir)
-        path = registry.save_versioned(lambda d: molecules.save_model(trained, d), directory, "molecules")
-        card = molecules.write_card(trained, path)
-        version = _register_trained(url, "molecules", path, trained.meta["metrics"], trained.meta["training_source"])
-    except MedbatchError as exc:
-        raise handle(exc) from None
+    trained = molecules.train_on_moses(
+        subset=subset or None,
+        epochs=epochs,
+        seed=seed,
+        config=molecules.MolConfig(units=units, layers=layers, learning_rate=learning_rate, batch_size=batch_size),
+        eval_samples=eval_samples,
+        time_budget_s=None if time_budget_min is None else time_budget_min * 60,
+        log=lambda m: err.print(m, highlight=False),
+    )
+    directory = Path(out_dir or get_settings().model_dir)
+    path = registry.save_versioned(lambda d: molecules.save_model(trained, d), directory, "molecules")
+    card = molecules.write_card(trained, path)
+    version = _register_trained(url, "molecules", path, trained.meta["metrics"], trained.meta["training_source"])
     err.print(f"saved {path} (version {version}), registered as the active molecules model; card {card}")
     out.print_json(
         json.dumps(
@@ -212,25 +208,22 @@ def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, o
     from medbatch.ml import registry, tabular
 
     url = ready_db()
-    try:
-        if csv_file is not None:
-            frame = tabular.load_training_csv(csv_file, name, target)
-            source = str(csv_file.resolve())
-        else:
-            loaders = {"nhefs": tabular.load_nhefs, "framingham": tabular.load_framingham}
-            if dataset not in loaders:
-                raise InvalidInput(f"unknown dataset {dataset!r}; choose {', '.join(loaders)} or give a CSV")
-            frame, source = loaders[dataset](), dataset
-        err.print(f"training {name} on {len(frame)} rows from {source} ...")
-        trainer = tabular.train_risk if name == "risk" else tabular.train_treatment
-        trained = trainer(frame, seed=seed)
-        directory = out_dir or get_settings().model_dir
-        path = registry.save_versioned(
-            lambda d: tabular.save_model(trained, d, training_source=source), Path(directory), name
-        )
-        version = _register_trained(url, name, path, trained.metrics, source)
-    except MedbatchError as exc:
-        raise handle(exc) from None
+    if csv_file is not None:
+        frame = tabular.load_training_csv(csv_file, name, target)
+        source = str(csv_file.resolve())
+    else:
+        loaders = {"nhefs": tabular.load_nhefs, "framingham": tabular.load_framingham}
+        if dataset not in loaders:
+            raise InvalidInput(f"unknown dataset {dataset!r}; choose {', '.join(loaders)} or give a CSV")
+        frame, source = loaders[dataset](), dataset
+    err.print(f"training {name} on {len(frame)} rows from {source} ...")
+    trainer = tabular.train_risk if name == "risk" else tabular.train_treatment
+    trained = trainer(frame, seed=seed)
+    directory = out_dir or get_settings().model_dir
+    path = registry.save_versioned(
+        lambda d: tabular.save_model(trained, d, training_source=source), Path(directory), name
+    )
+    version = _register_trained(url, name, path, trained.metrics, source)
     m = trained.metrics
     err.print(f"saved {path} (version {version}), registered as the active {name} model")
     err.print(f"model card: {path.with_suffix('.card.md')}")
@@ -249,6 +242,7 @@ def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, o
 
 
 @app.command()
+@with_exit_codes
 def models(as_json: AsJson = False) -> None:
     """List registered models (the active one is used by new jobs)."""
     from medbatch.db import repository as repo

@@ -48,6 +48,21 @@ def test_unknown_job_exits_4(service_env):
     assert run.returncode == 4 and "no job 999999" in run.stderr
 
 
+def test_unknown_job_exits_4_for_results_and_resume_too(service_env):
+    for command in ("results", "resume"):
+        run = medbatch(service_env, command, "999999")
+        assert (run.returncode, run.stderr.strip()) == (4, "error: no job 999999"), command
+
+
+def test_unreachable_database_exits_3_in_one_line_for_every_command(service_env):
+    env = {**service_env, "MEDBATCH_DATABASE_URL": "postgresql+psycopg://medbatch@127.0.0.1:9/nowhere"}
+    for args in (["status"], ["models"], ["report-night"], ["db", "upgrade"]):
+        run = medbatch(env, *args)
+        assert run.returncode == 3, (args, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: database unreachable"), (args, run.stderr)
+
+
 def test_train_on_own_csv_registers_a_model_that_new_jobs_use(service_env, start_worker, tmp_path):
     # Given a user's cohort with a three-class plan label
     import numpy as np
