@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from medbatch.db import nightly as ledger
 from medbatch.db import repository as repo
+from medbatch.db.repository import inbox as ledger
 from medbatch.db.session import session_scope
 from medbatch.db.tables import FINISHED_JOB
 from medbatch.errors import BrokerUnavailable, InvalidInput, MedbatchError
@@ -249,8 +249,7 @@ def run_nightly(
                     "path": str(c.path),
                     "sha256": c.sha256,
                     "size": c.size,
-                    "workload": c.workload,
-                    "status": "claimed" if c.workload else "rejected",
+                    "workload": c.workload,  # none: recorded rejected, with the reason
                     "reason": c.reason,
                 }
                 for c in new
@@ -280,12 +279,12 @@ def _submit_unit(workload, members, inbox, cfg, send, outcome, progress) -> None
         raise  # claimed entries stay claimed; the next run re-links the staged job or takes them again
     except MedbatchError as exc:  # unusable input: recorded with its reason, the rest of the night goes on
         with session_scope(cfg.database_url) as s:
-            ledger.mark_entries(s, outcome.claim, paths, status="rejected", reason=str(exc))
+            ledger.reject_entries(s, outcome.claim, paths, reason=str(exc))
         outcome.rejected += [{"path": p, "reason": str(exc)} for p in paths]
         progress(f"  {workload}: {len(paths)} file(s) refused: {exc}")
         return
     with session_scope(cfg.database_url) as s:
-        ledger.mark_entries(s, outcome.claim, paths, status="taken", job_id=summary.job_id)
+        ledger.take_entries(s, outcome.claim, paths, job_id=summary.job_id)
     outcome.jobs.append(
         {
             "job_id": summary.job_id,
@@ -387,14 +386,14 @@ def _recover_lost_claims(database_url: str, progress) -> None:
             if job is None:
                 forget.append(entry.id)
             else:
-                entry.status, entry.job_id = "taken", job
+                ledger.relink_lost_claim(s, entry.id, job)
         ledger.forget_entries(s, forget)
     if lost:
         progress(f"recovered {len(lost)} claim(s) left by an interrupted run ({len(forget)} to take again)")
 
 
 def _xray_job_since(session, since: datetime) -> int | None:
-    for job in ledger.jobs_between(session, since, datetime.now(UTC) + timedelta(days=1)):
+    for job in repo.jobs_between(session, since, datetime.now(UTC) + timedelta(days=1)):
         if job.workload == "xray" and job.submitted_by == "nightly":
             return job.id
     return None
@@ -419,7 +418,7 @@ def _wait_for(outcome: NightlyOutcome, database_url: str, *, timeout_s: float, p
 
 
 def _judge(outcome: NightlyOutcome, database_url: str, *, waited: bool) -> None:
-    from medbatch.db import nightly as q
+    from medbatch.db.repository import morning as q
 
     ids = [j["job_id"] for j in outcome.jobs]
     with session_scope(database_url) as s:

@@ -15,8 +15,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from medbatch.db import nightly as q
 from medbatch.db import repository as repo
+from medbatch.db.repository import morning as q
 from medbatch.db.session import session_scope
 
 MOSES_CHARRNN = {"validity": 0.975, "unique@10k": 0.999, "novelty": 0.842}
@@ -76,7 +76,7 @@ def collect(database_url: str, night: date, tz: str = "UTC") -> dict[str, Any]:
             "dead_batches": q.dead_batches(s, ids),
             "inbox": [
                 {"path": e.path, "workload": e.workload, "status": e.status, "reason": e.reason, "job_id": e.job_id}
-                for e in q.night_entries(s, start, end)
+                for e in repo.night_entries(s, start, end)
             ],
         }
     thresholds = {f.get("threshold") for f in data["flagged_xrays"] if f.get("threshold") is not None}

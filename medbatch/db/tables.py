@@ -1,7 +1,7 @@
 """SQLAlchemy 2 tables: the source of truth for jobs, batches, items, results and models.
 
 Every lifecycle is a ``str`` enum stored as text, so the database reads plainly in SQL. State
-changes happen in :mod:`medbatch.db.repository` only.
+changes happen in the :mod:`medbatch.db.repository` package only.
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ class ItemStatus(enum.StrEnum):
     PENDING = "pending"
     DONE = "done"
     FAILED = "failed"
+
+
+class InboxStatus(enum.StrEnum):
+    CLAIMED = "claimed"  # the nightly run is about to submit it
+    TAKEN = "taken"  # a job holds it
+    REJECTED = "rejected"  # unusable; the entry's reason says why and a human must look
 
 
 FINISHED_BATCH = (BatchStatus.DONE.value, BatchStatus.DEAD.value)
@@ -240,3 +246,62 @@ class InboxEntry(Base):
     claim: Mapped[str] = mapped_column(String(36), index=True)  # the nightly run that took it
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # built, not yet confirmed by the destination
+    SENT = "sent"  # the destination confirmed it
+    FAILED = "failed"  # the last try failed; ``reason`` says why (the next export tries again)
+
+
+class DicomDelivery(Base):
+    """One DICOM object (an SR, or the SC of a positive) made for an item, per destination PACS.
+
+    Its SOP Instance UID is derived from the source instance, the model version and the kind, so a
+    re-export sends the same object and the destination keeps one copy; a row ``sent`` is never re-sent.
+    """
+
+    __tablename__ = "dicom_deliveries"
+    __table_args__ = (
+        UniqueConstraint("item_id", "destination", "kind", name="uq_dicom_deliveries_item_dest_kind"),
+        Index("ix_dicom_deliveries_job_status", "job_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    destination: Mapped[str] = mapped_column(String(512))  # a DICOMweb root or AET@host:port (no credentials)
+    kind: Mapped[str] = mapped_column(String(8))  # sr | sc
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ReceivedStatus(enum.StrEnum):
+    RECEIVED = "received"  # written to disk and acknowledged to the sender
+    CLAIMED = "claimed"  # the listener is staging its study
+    STAGED = "staged"  # a job holds it
+
+
+class DicomReceived(Base):
+    """The DICOM listener's ledger: one row per instance received by C-STORE (one per SOP Instance UID).
+
+    A row is committed before the sender is told the instance is stored, so a restart loses none; a
+    study is staged once (``claimed`` then ``staged`` with its job), so a restart stages none twice.
+    """
+
+    __tablename__ = "dicom_received"
+    __table_args__ = (Index("ix_dicom_received_study_status", "study_instance_uid", "status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    calling_aet: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)  # a name medbatch chose under the listener's inbox
+    status: Mapped[str] = mapped_column(String(16), default=ReceivedStatus.RECEIVED.value)
+    claim: Mapped[str | None] = mapped_column(String(36), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

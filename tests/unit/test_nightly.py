@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from medbatch.config import Settings
-from medbatch.db.nightly import reason_group
+from medbatch.db.repository.morning import reason_group
 from medbatch.errors import InvalidInput
 from medbatch.nightly import _read_request, night_of, night_window, scan_inbox
 from medbatch.producer.synthetic import write_patients, write_xrays

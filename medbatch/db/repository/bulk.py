@@ -1,0 +1,93 @@
+"""Bulk writes: COPY on PostgreSQL, multi-row INSERT elsewhere, and idempotent inserts that skip rows
+whose unique key already exists. Every other repository module writes many rows through these.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import JSON, Table, insert, text
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import Session
+
+from medbatch.db.rawjson import RawJson
+
+INSERT_CHUNK = 5_000
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _json_columns(table: Table) -> set[str]:
+    return {c.name for c in table.columns if isinstance(c.type, JSON)}
+
+
+def _copy_rows(
+    session: Session, table_name: str, columns: list[str], rows: Sequence[dict[str, Any]], json_cols: set[str]
+) -> None:
+    raw = session.connection().connection.dbapi_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table_name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(
+                [
+                    json.dumps(row[c])
+                    if c in json_cols and row[c] is not None and not isinstance(row[c], RawJson)
+                    else row[c]
+                    for c in columns
+                ]
+            )
+
+
+def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert many plain rows fast: COPY on PostgreSQL, multi-row INSERT elsewhere.
+
+    Rows must carry every column that has no server default; JSON columns take Python objects.
+    """
+    if not rows:
+        return
+    if _dialect(session) == "postgresql":
+        _copy_rows(session, table.name, list(rows[0].keys()), rows, _json_columns(table))
+        return
+    decoded = [{k: v.value() if isinstance(v, RawJson) else v for k, v in row.items()} for row in rows]
+    for start in range(0, len(decoded), INSERT_CHUNK):
+        session.execute(insert(table), decoded[start : start + INSERT_CHUNK])
+
+
+def insert_ignore_conflicts(session: Session, table: Table, rows: Sequence[dict[str, Any]], key: list[str]) -> None:
+    """INSERT rows, silently skipping those whose unique ``key`` already exists (idempotent writes).
+
+    On PostgreSQL the rows are COPYed into a transaction-scoped temporary table first and moved over
+    with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``: one round trip instead of one per row.
+    """
+    if not rows:
+        return
+    dialect = _dialect(session)
+    if dialect == "postgresql":
+        columns = list(rows[0].keys())
+        staging = f"_stage_{table.name}"
+        cols = ", ".join(columns)
+        # Column types only (no constraints, defaults or sequence links), gone at the end of the transaction.
+        session.execute(
+            text(
+                f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DROP AS "
+                f"SELECT {cols} FROM {table.name} WITH NO DATA"
+            )
+        )
+        _copy_rows(session, staging, columns, rows, _json_columns(table))
+        session.execute(
+            text(
+                f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {staging} "
+                f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+            )
+        )
+        session.execute(text(f"TRUNCATE {staging}"))
+        return
+    if dialect == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=key)
+    else:  # pragma: no cover - only PostgreSQL and SQLite are supported
+        raise NotImplementedError(f"idempotent insert not implemented for {dialect}")
+    for start in range(0, len(rows), INSERT_CHUNK):
+        session.execute(stmt, list(rows[start : start + INSERT_CHUNK]))
