@@ -32,7 +32,7 @@ from medbatch.ml.tabular import (
     train_treatment,
 )
 
-SHIPPED_MODELS = Path(tabular.__file__).resolve().parent.parent / "models"
+SHIPPED_MODELS = Path(tabular.__file__).resolve().parents[2] / "models"  # medbatch/models
 
 
 def _risk_frame(n: int = 400, seed: int = 1) -> pd.DataFrame:
