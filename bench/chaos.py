@@ -33,7 +33,9 @@ from medbatch.db.migrate import upgrade  # noqa: E402
 from medbatch.db.session import dispose_engines, session_scope  # noqa: E402
 from medbatch.db.tables import FINISHED_JOB, Item, ItemStatus, Job, Result  # noqa: E402
 from medbatch.errors import DatabaseUnavailable  # noqa: E402
-from medbatch.producer.enqueue import celery_sender, reconcile, submit_records  # noqa: E402
+from medbatch.producer.recovery import reconcile  # noqa: E402
+from medbatch.producer.send import celery_sender  # noqa: E402
+from medbatch.producer.submit import submit_records  # noqa: E402
 from medbatch.producer.synthetic import write_patients  # noqa: E402
 from medbatch.worker.app import create_app  # noqa: E402
 from medbatch.worker.embedded import start_local_redis  # noqa: E402

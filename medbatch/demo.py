@@ -21,7 +21,7 @@ def _xray_demo(settings, workdir: Path, send, env: dict, started: list, app, con
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
     from medbatch.ml import registry, xray
-    from medbatch.producer.enqueue import submit_images
+    from medbatch.producer.submit import submit_images
     from medbatch.producer.synthetic import write_xrays
     from medbatch.worker.processes import start_worker, wait_until_ready
 
@@ -100,7 +100,8 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
     from medbatch.db.session import session_scope
     from medbatch.db.tables import FINISHED_JOB
     from medbatch.export import ERROR_COLUMNS, RESULT_COLUMNS, write_rows
-    from medbatch.producer.enqueue import celery_sender, submit_records, submit_reports
+    from medbatch.producer.send import celery_sender
+    from medbatch.producer.submit import submit_records, submit_reports
     from medbatch.producer.synthetic import write_patients
     from medbatch.worker.app import create_app
     from medbatch.worker.embedded import redis_reachable, start_local_redis

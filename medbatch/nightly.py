@@ -37,9 +37,11 @@ from medbatch.db.session import session_scope
 from medbatch.db.tables import FINISHED_JOB
 from medbatch.errors import BrokerUnavailable, InvalidInput, MedbatchError
 from medbatch.ml import images
-from medbatch.producer import enqueue
+from medbatch.producer import submit
 from medbatch.producer.paths import check_input_path
 from medbatch.producer.records import read_header
+from medbatch.producer.send import Send
+from medbatch.producer.staging import SubmitSummary
 
 log = logging.getLogger("medbatch.nightly")
 
@@ -204,7 +206,7 @@ class NightlyConfig:
 def run_nightly(
     inbox: Path,
     cfg: NightlyConfig,
-    send: enqueue.Send,
+    send: Send,
     *,
     wait: bool = True,
     timeout_s: float = 6 * 3600,
@@ -299,11 +301,11 @@ def _submit_unit(workload, members, inbox, cfg, send, outcome, progress) -> None
     progress(f"  job {summary.job_id} {workload}: {summary.items_staged} items staged from {len(paths)} file(s)")
 
 
-def _submit(workload: str, members: list[Candidate], inbox: Path, cfg: NightlyConfig, send) -> enqueue.SubmitSummary:
+def _submit(workload: str, members: list[Candidate], inbox: Path, cfg: NightlyConfig, send) -> SubmitSummary:
     first = members[0].path
     if workload == "xray":
         xray_dir = inbox / "xray"
-        return enqueue.submit_images(
+        return submit.submit_images(
             xray_dir if all(_under(c.path, xray_dir) for c in members) else inbox,
             database_url=cfg.database_url,
             send=send,
@@ -315,7 +317,7 @@ def _submit(workload: str, members: list[Candidate], inbox: Path, cfg: NightlyCo
             submitted_by="nightly",
         )
     if workload in ("risk", "treatment"):
-        return enqueue.submit_records(
+        return submit.submit_records(
             first,
             workload,
             database_url=cfg.database_url,
@@ -325,7 +327,7 @@ def _submit(workload: str, members: list[Candidate], inbox: Path, cfg: NightlyCo
             submitted_by="nightly",
         )
     if workload == "report":
-        return enqueue.submit_reports(
+        return submit.submit_reports(
             database_url=cfg.database_url,
             send=send,
             provider=cfg.llm_provider,

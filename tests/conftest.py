@@ -137,7 +137,7 @@ def celery_app(redis_url: str, db_url: str):
 
 @pytest.fixture
 def sender(celery_app, db_url):
-    from medbatch.producer.enqueue import celery_sender
+    from medbatch.producer.send import celery_sender
 
     return celery_sender(celery_app, db_url)
 

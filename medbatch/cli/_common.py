@@ -109,7 +109,7 @@ def ready_db() -> str:
 
 
 def sender():
-    from medbatch.producer.enqueue import celery_sender
+    from medbatch.producer.send import celery_sender
     from medbatch.worker.app import create_app
 
     settings = get_settings()

@@ -238,7 +238,7 @@ def results(
 @with_exit_codes
 def resume(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """Re-send every unfinished batch of a job (after a broker loss, say). Safe to repeat: writes are idempotent."""
-    from medbatch.producer.enqueue import resume_job
+    from medbatch.producer.recovery import resume_job
 
     url = ready_db()
     sent = resume_job(job_id, database_url=url, send=sender())
@@ -253,7 +253,7 @@ def reconcile_cmd(
     ] = None,
 ) -> None:
     """Find batches stuck past their deadline (lost messages, a Redis that lost its data) and re-send them."""
-    from medbatch.producer.enqueue import reconcile
+    from medbatch.producer.recovery import reconcile
 
     settings = get_settings()
     url = ready_db()

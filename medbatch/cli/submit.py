@@ -54,7 +54,7 @@ def _staging_progress(verb: str, name: str, total_bytes: int | None, *, show: bo
 def _submit_tabular(
     workload: str, file: Path, batch_size: int | None, id_column: str | None, as_json: bool, wait: bool
 ) -> None:
-    from medbatch.producer.enqueue import submit_records
+    from medbatch.producer.submit import submit_records
 
     settings = get_settings()
     url = ready_db()
@@ -136,7 +136,7 @@ def submit_report(
     wait: Wait = False,
 ) -> None:
     """Draft medical reports (condition, recommended treatment, follow-up) for clinician review."""
-    from medbatch.producer.enqueue import submit_reports
+    from medbatch.producer.submit import submit_reports
 
     settings = get_settings()
     url = ready_db()
@@ -177,7 +177,7 @@ def submit_xray(
     wait: Wait = False,
 ) -> None:
     """Chest X-ray pneumonia classification over a folder of images, with Grad-CAM and draft findings."""
-    from medbatch.producer.enqueue import submit_images
+    from medbatch.producer.submit import submit_images
 
     settings = get_settings()
     url = ready_db()

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from medbatch.errors import InvalidInput
-from medbatch.producer.enqueue import Progress, Send, SubmitSummary, ensure_model, stage_job
 from medbatch.producer.records import RecordChunk
+from medbatch.producer.send import Send
+from medbatch.producer.staging import Progress, SubmitSummary, ensure_model, stage_job
 
 #: Molecules per batch message: one compiled sampling pass and about a minute of RDKit scoring on one core.
 DEFAULT_BATCH_SIZE = 500

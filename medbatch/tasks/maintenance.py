@@ -3,8 +3,8 @@
 from celery import shared_task
 
 from medbatch.config import get_settings
-from medbatch.producer.enqueue import celery_sender
-from medbatch.producer.enqueue import reconcile as reconcile_jobs
+from medbatch.producer.recovery import reconcile as reconcile_jobs
+from medbatch.producer.send import celery_sender
 
 
 @shared_task(name="medbatch.maintenance.reconcile", bind=True, ignore_result=True)

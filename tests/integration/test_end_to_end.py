@@ -14,7 +14,7 @@ from medbatch.db.session import session_scope
 from medbatch.db.tables import Batch, BatchStatus, Item, ItemError, ItemStatus, Result
 from medbatch.export import write_rows
 from medbatch.pipeline.tabular import score_batch
-from medbatch.producer.enqueue import submit_records
+from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
 from tests.conftest import wait_for_job
 
@@ -137,7 +137,7 @@ def test_tampered_model_fails_items_with_reason_never_a_result(db_url, tmp_path)
 def test_broker_down_at_submit_keeps_work_for_resume(db_url, redis_url, sender, start_worker, tmp_path):
     # Given a broker that refuses every send
     from medbatch.errors import BrokerUnavailable
-    from medbatch.producer.enqueue import resume_job
+    from medbatch.producer.recovery import resume_job
 
     def dead_broker(*_a):
         raise BrokerUnavailable("connection refused")
@@ -229,7 +229,7 @@ def test_transient_failure_hands_the_batch_back_without_counting(db_url, tmp_pat
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_worker_on_another_database_refuses_the_message(db_url, celery_app, start_worker, tmp_path):
     """Two deployments sharing a broker by mistake: batch IDs collide, but no worker takes another's work."""
-    from medbatch.producer.enqueue import celery_sender
+    from medbatch.producer.send import celery_sender
     from tests.conftest import _fresh_schema
 
     # Given a worker on database A, where batch 1 is already done

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.db.tables import FINISHED_JOB, Item, ItemStatus, Result
-from medbatch.producer.enqueue import reconcile, submit_records
+from medbatch.producer.recovery import reconcile
+from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
 from tests.conftest import wait_for_job
 
@@ -92,7 +93,8 @@ def private_redis():
 
 def test_redis_loses_its_data_mid_job_and_the_reconciler_recovers(db_url, private_redis, service_env, tmp_path):
     from medbatch.config import Settings
-    from medbatch.producer.enqueue import celery_sender, reconcile
+    from medbatch.producer.recovery import reconcile
+    from medbatch.producer.send import celery_sender
     from medbatch.worker.app import create_app
     from medbatch.worker.processes import start_worker, wait_until_ready
 

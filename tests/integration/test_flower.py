@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from medbatch.db.session import session_scope
 from medbatch.db.tables import Batch
-from medbatch.producer.enqueue import submit_records
+from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
 from tests.conftest import wait_for_job
 

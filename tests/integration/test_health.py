@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from medbatch.producer.enqueue import submit_records
+from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
 from tests.conftest import wait_for_job
 

@@ -13,7 +13,7 @@ from medbatch.db.session import session_scope
 from medbatch.db.tables import Batch, BatchStatus, Item, ItemStatus, Job, Result
 from medbatch.errors import InvalidInput
 from medbatch.pipeline.imaging import ImagingOptions, classify_batch
-from medbatch.producer.enqueue import submit_images
+from medbatch.producer.submit import submit_images
 from medbatch.producer.synthetic import write_xrays
 from tests.conftest import register_xray, wait_for_job
 

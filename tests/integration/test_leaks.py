@@ -134,7 +134,7 @@ def test_a_real_job_leaves_no_patient_field_in_redis_events_or_logs(
 def test_messages_in_any_content_type_but_json_are_refused_and_logged(
     redis_url, db_url, celery_app, sender, start_worker, tmp_path
 ):
-    from medbatch.producer.enqueue import submit_records
+    from medbatch.producer.submit import submit_records
 
     # Given a worker, and messages for a real task in YAML (that would run a command if loaded), msgpack,
     # raw bytes and plain text

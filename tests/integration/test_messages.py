@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from medbatch.producer.enqueue import submit_records
+from medbatch.producer.submit import submit_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 

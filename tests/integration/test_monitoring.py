@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from medbatch.monitoring import KOMBU_PRIORITY_SEP, make_registry
-from medbatch.producer.enqueue import submit_records
+from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
 from tests.conftest import wait_for_job
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from medbatch.db.session import dispose_engines, session_scope
 from medbatch.db.tables import Item, ItemStatus, Result
-from medbatch.producer.enqueue import submit_records
+from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
 from tests.conftest import ROOT, need, wait_for_job
 from tests.services import postgres_binaries_missing, start_private_postgres, start_tls_redis, tls_missing
@@ -63,7 +63,7 @@ def private_postgres():
 def test_postgres_restarted_mid_job_tasks_retry_and_the_job_completes(private_postgres, redis_url, tmp_path):
     from medbatch.config import Settings
     from medbatch.db.migrate import upgrade
-    from medbatch.producer.enqueue import celery_sender
+    from medbatch.producer.send import celery_sender
     from medbatch.worker.app import create_app
     from medbatch.worker.processes import start_worker, wait_until_ready
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.db.tables import Batch, Report
-from medbatch.producer.enqueue import submit_records, submit_reports
+from medbatch.producer.submit import submit_records, submit_reports
 from medbatch.producer.synthetic import write_patients
 from tests.conftest import wait_for_job
 from tests.fakes.openai_server import FakeOpenAIServer

@@ -1,0 +1,196 @@
+"""Stage validated inputs in the database, commit, and only then send one message per batch.
+
+A job is created with the model it will use (:func:`ensure_model`), then staged one transaction per
+chunk of input; each chunk's batches are sent after its commit. If the broker is down after staging, the
+batches stay ``pending`` in the database and ``medbatch resume JOB`` (or the reconciler) sends them later:
+nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medbatch.db import repository as repo
+from medbatch.db.session import session_scope
+from medbatch.errors import BrokerUnavailable, InvalidInput
+from medbatch.ml import registry
+from medbatch.producer.identity import whoami
+from medbatch.producer.records import RecordChunk
+from medbatch.producer.send import Send, send_batches
+from medbatch.worker.routing import route_for
+
+log = logging.getLogger("medbatch.producer")
+
+
+Progress = Callable[[int, int, int], None]  # (bytes_read, items_staged, rows_rejected)
+
+
+#: What to do when a workload has no registered model and none ships with medbatch.
+NO_MODEL_HINTS = {
+    "xray": (
+        "no X-ray model is registered, and none ships with medbatch (no labelled chest X-ray set installs "
+        "offline). Train one on the Kaggle chest_xray layout (folders train/NORMAL and train/PNEUMONIA, "
+        "optional val/ and test/): `medbatch train xray /path/to/chest_xray`. `medbatch demo` shows the "
+        "whole path with a tiny model trained on synthetic images."
+    ),
+}
+
+
+@dataclass
+class SubmitSummary:
+    job_id: int
+    workload: str
+    source: str
+    items_staged: int = 0
+    rows_rejected: int = 0
+    batches: int = 0
+    batches_sent: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ensure_model(database_url: str, name: str) -> tuple[str, str]:
+    """The (name, version) a new job of ``name`` will use: the active registered model, else the shipped one."""
+    with session_scope(database_url) as s:
+        model = repo.active_model(s, name)
+        if model is not None:
+            return model.name, model.version
+        uri = registry.BUILTIN_ARTIFACTS.get(name)
+        if uri is None:
+            raise InvalidInput(
+                NO_MODEL_HINTS.get(name, f"no {name} model is registered; train one with `medbatch train {name} ...`")
+            )
+        path = registry.resolve_uri(uri)
+        if not path.is_file():
+            raise InvalidInput(f"the shipped {name} model is missing ({path}); train one with `medbatch train {name}`")
+        metrics = _card_metrics(path)
+        model = repo.register_model(
+            s,
+            name=name,
+            version=registry.file_version(path),
+            uri=uri,
+            metrics=metrics,
+            training_source=metrics.pop("_training_source", "shipped with medbatch"),
+        )
+        return model.name, model.version
+
+
+def _card_metrics(path: Path) -> dict[str, Any]:
+
+    meta = path.with_suffix(".json")
+    if not meta.is_file():
+        return {}
+    data = json.loads(meta.read_text())
+    out = dict(data.get("metrics") or {})
+    if data.get("training_source"):
+        out["_training_source"] = data["training_source"]
+    return out
+
+
+def stage_job(
+    *,
+    database_url: str,
+    workload: str,
+    source: str,
+    model: tuple[str, str],
+    options: dict[str, Any],
+    chunks: Iterable[RecordChunk],
+    batch_size: int,
+    send: Send | None,
+    progress: Progress | None = None,
+    submitted_by: str | None = None,
+) -> SubmitSummary:
+    """Create a job and stage ``chunks`` into it, one transaction per chunk; send each batch after its commit.
+
+    ``send=None`` stages without sending (the caller sends one job-level message instead).
+
+    Raises:
+        InvalidInput: raised by ``chunks`` mid-way; the job is marked failed with the reason.
+        BrokerUnavailable: what was staged stays in the database for ``resume``.
+    """
+    route = route_for(workload)
+    with session_scope(database_url) as s:
+        job_id = repo.create_job(
+            s,
+            workload=workload,
+            source_uri=source,
+            model_name=model[0],
+            model_version=model[1],
+            options={"batch_size": batch_size, **options},
+            submitted_by=submitted_by or whoami(),
+        )
+    summary = SubmitSummary(
+        job_id=job_id, workload=workload, source=source, model={"name": model[0], "version": model[1]}
+    )
+    log.info("job %s: staging %s input (model %s %s)", job_id, workload, model[0], model[1])
+    pending: list[dict] = []
+    seq = 0
+    broker_error: BrokerUnavailable | None = None
+
+    def flush(items: list[dict], rejected: list[dict]) -> None:
+        nonlocal seq, broker_error
+        new_batches: list[tuple[int, str]] = []
+        with session_scope(database_url) as s:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                new_batches.append(
+                    (repo.stage_batch(s, job_id=job_id, seq=seq, queue=route.queue, items=chunk), route.queue)
+                )
+                seq += 1
+            repo.record_rejections(s, job_id=job_id, errors=rejected)
+            repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
+        summary.batches += len(new_batches)
+        summary.items_staged += len(items)
+        if send is not None and broker_error is None:
+            try:
+                summary.batches_sent += send_batches(send, database_url, new_batches, route.task)
+            except BrokerUnavailable as exc:
+                # Keep staging the whole file: the database holds it, `resume` (or the reconciler) sends it.
+                broker_error = exc
+                summary.batches_sent = _count_sent(database_url, job_id)
+
+    try:
+        for chunk in chunks:
+            pending.extend(chunk.items)
+            full = len(pending) - len(pending) % batch_size
+            flush(pending[:full], list(chunk.rejected))
+            pending = pending[full:]
+            summary.rows_rejected += len(chunk.rejected)
+            if progress:
+                progress(chunk.bytes_read, summary.items_staged, summary.rows_rejected)
+        flush(pending, [])
+    except InvalidInput as exc:
+        with session_scope(database_url) as s:
+            repo.finish_staging(s, job_id, error=str(exc))
+        raise
+    with session_scope(database_url) as s:
+        repo.finish_staging(s, job_id)
+    if broker_error is not None:
+        raise BrokerUnavailable(
+            f"job {job_id}: all {summary.items_staged} items are staged, but {summary.batches - summary.batches_sent} "
+            f"of {summary.batches} batches could not be sent ({broker_error}); when the broker is back run "
+            f"`medbatch resume {job_id}` (the reconciler also re-sends them after MEDBATCH_RECONCILE_AFTER_S)"
+        )
+    if summary.items_staged == 0:
+        summary.warnings.append("no valid rows: nothing was queued")
+    log.info(
+        "job %s: %d items in %d batches, %d rows rejected",
+        job_id,
+        summary.items_staged,
+        summary.batches,
+        summary.rows_rejected,
+    )
+    return summary
+
+
+def _count_sent(database_url: str, job_id: int) -> int:
+    with session_scope(database_url) as s:
+        return repo.count_batches(s, job_id, exclude_status="pending")
