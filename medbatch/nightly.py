@@ -341,7 +341,9 @@ def _submit(workload: str, members: list[Candidate], inbox: Path, cfg: NightlyCo
         from medbatch.producer.generation import submit_molecules
 
         request = _read_request(first)
-        return submit_molecules(database_url=cfg.database_url, send=send, submitted_by="nightly", **request)
+        return submit_molecules(
+            database_url=cfg.database_url, send=send, batch_size=cfg.batch_size, submitted_by="nightly", **request
+        )
     raise InvalidInput(f"no producer for workload {workload!r}")
 
 

@@ -206,13 +206,13 @@ def submit_molecules(
         float, typer.Option(help="Sampling temperature, 0.05 to 3.0: 1.0 samples the model as trained.")
     ] = 1.0,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Molecules per batch message \\[default: 500].")
+        int | None, typer.Option("--batch-size", help="Molecules per batch message \\[default: MEDBATCH_BATCH_SIZE].")
     ] = None,
     as_json: AsJson = False,
     wait: Wait = False,
 ) -> None:
     """Generate drug-like molecules (SMILES CharRNN), scored with RDKit and measured against MOSES."""
-    from medbatch.producer.generation import DEFAULT_BATCH_SIZE, submit_molecules
+    from medbatch.producer.generation import submit_molecules
 
     url = ready_db()
     summary = submit_molecules(
@@ -221,6 +221,6 @@ def submit_molecules(
         count=count,
         seed=seed,
         temperature=temperature,
-        batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=batch_size or get_settings().batch_size,
     )
     _after_submit(summary, url, as_json, wait)

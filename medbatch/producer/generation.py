@@ -13,13 +13,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from medbatch import defaults
 from medbatch.errors import InvalidInput
 from medbatch.producer.records import RecordChunk
 from medbatch.producer.send import Send
 from medbatch.producer.staging import Progress, SubmitSummary, ensure_model, stage_job
 
-#: Molecules per batch message: one compiled sampling pass and about a minute of RDKit scoring on one core.
-DEFAULT_BATCH_SIZE = 500
 MAX_COUNT = 1_000_000
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 3.0
 MAX_SEED = 2**32 - 1
@@ -83,7 +82,7 @@ def submit_molecules(
     count: int,
     seed: int = 0,
     temperature: float = 1.0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = defaults.BATCH_SIZE_ITEMS,
     model: tuple[str, str] | None = None,
     progress: Progress | None = None,
     submitted_by: str | None = None,

@@ -182,3 +182,14 @@ def test_train_molecules_registers_and_audits_a_tiny_model(service_env, tmp_path
     assert [(m["name"], m["version"], m["active"]) for m in models if m["name"] == "molecules"] == [
         ("molecules", trained["version"], True)
     ]
+
+
+def test_submit_molecules_takes_its_batch_size_from_the_settings(service_env):
+    # Given MEDBATCH_BATCH_SIZE=7 and no --batch-size on the command line
+    env = {**service_env, "MEDBATCH_BATCH_SIZE": "7"}
+    # When 20 molecules are requested
+    run = medbatch(env, "submit", "molecules", "--count", "20", "--json")
+    # Then they are staged in batches of 7 (it was the producer's own 500: one batch)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert (summary["items_staged"], summary["batches"]) == (20, 3)
