@@ -1,0 +1,132 @@
+"""The X-ray CNN: its architecture and the loaded classifier (batch prediction, Grad-CAM)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medbatch.ml.artifacts import tf_module
+
+ARTIFACT_NAME = "model.xray.zip"
+ARTIFACT_FORMAT = "medbatch-xray-1"
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # folder names; index 1 is the positive class
+LABELS = {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}
+LAST_CONV = "last_conv"
+
+
+@dataclass(frozen=True)
+class XrayConfig:
+    """The CNN's shape and training knobs. Defaults are the source article's architecture."""
+
+    input_size: int = 150
+    filters: tuple[int, ...] = (32, 64, 128)
+    dense_units: int = 512
+    dropout: float = 0.5
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 10
+    patience: int = 3
+    augment: bool = True
+
+
+def build_model(config: XrayConfig):
+    """The Keras CNN: ``len(filters)`` Conv2D(3x3, ReLU) + MaxPool blocks, dense, dropout, sigmoid.
+
+    Input: ``(input_size, input_size, 1)`` float32 in [0, 1]. Output: P(pneumonia), shape ``(n, 1)``.
+    The last convolution is named ``last_conv`` for Grad-CAM.
+    """
+    tf_module()
+    import keras
+
+    inputs = keras.Input((config.input_size, config.input_size, 1), name="xray")
+    x = inputs
+    for i, n in enumerate(config.filters):
+        name = LAST_CONV if i == len(config.filters) - 1 else f"conv_{i + 1}"
+        x = keras.layers.Conv2D(n, 3, activation="relu", name=name)(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool_{i + 1}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
+    if config.dropout:
+        x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
+    return keras.Model(inputs, outputs, name="xray_cnn")
+
+
+@dataclass
+class XrayModel:
+    """A loaded classifier: the model contract (name, version, input, batch prediction) plus Grad-CAM."""
+
+    name: str
+    version: str
+    keras_model: Any
+    meta: dict[str, Any]
+    _infer: Any = field(default=None, repr=False)
+    _grad_model: Any = field(default=None, repr=False)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.meta["input_size"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def positive_label(self) -> str:
+        return LABELS.get(self.meta["class_names"][1], self.meta["class_names"][1].lower())
+
+    @property
+    def negative_label(self) -> str:
+        return LABELS.get(self.meta["class_names"][0], self.meta["class_names"][0].lower())
+
+    def _compiled(self):
+        if self._infer is None:
+            tf = tf_module()
+            model = self.keras_model
+            size = self.input_size
+            self._infer = tf.function(
+                lambda x: model(x, training=False),
+                input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)],
+            )
+        return self._infer
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """P(pneumonia) for a batch of ``(n, size, size)`` or ``(n, size, size, 1)`` arrays in [0, 1].
+
+        One compiled call per batch (``tf.function`` around ``model(x, training=False)``): much faster
+        than ``model.predict`` for the small batches a worker sees.
+        """
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return np.asarray(self._compiled()(x)).reshape(-1).astype(np.float32)
+
+    def gradcam(self, batch: np.ndarray) -> np.ndarray:
+        """Grad-CAM heatmaps for the positive class: ``(n, size, size)`` float32 in [0, 1].
+
+        The gradient of P(pneumonia) with respect to the last convolution's feature maps, averaged
+        per channel, weights those maps; the ReLU of the sum, upsampled to the input, is the heatmap.
+        """
+        tf = tf_module()
+        import keras
+
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[..., None]
+        if self._grad_model is None:
+            m = self.keras_model
+            self._grad_model = keras.Model(m.inputs, [m.get_layer(LAST_CONV).output, m.output])
+        xt = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            conv, pred = self._grad_model(xt, training=False)
+            score = tf.reduce_sum(pred[:, 0])
+        grads = tape.gradient(score, conv)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1))[..., None]
+        cam = tf.image.resize(cam, (x.shape[1], x.shape[2]), method="bilinear")[..., 0].numpy()
+        peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+        return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0).astype(np.float32)
