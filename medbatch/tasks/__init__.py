@@ -5,11 +5,18 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from typing import Annotated
 
 from celery.exceptions import Reject
 
 from medbatch.config import get_settings
 from medbatch.errors import PermanentError, WrongDatabase
+from medbatch.worker.strategy import Pattern, Range
+
+#: What a task message may carry, checked before the task runs (medbatch.worker.strategy): a row id
+#: of the database (a positive BIGINT), and the identity of the database the work was staged in.
+RowId = Annotated[int, Range(1, 2**63 - 1)]
+DatabaseIdentity = Annotated[str, Pattern(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")]
 
 log = logging.getLogger("medbatch.tasks")
 

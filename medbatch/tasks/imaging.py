@@ -4,12 +4,12 @@ from celery import shared_task
 
 from medbatch.config import get_settings
 from medbatch.pipeline import imaging
-from medbatch.tasks import RETRY, refuses_foreign
+from medbatch.tasks import RETRY, DatabaseIdentity, RowId, refuses_foreign
 
 
 @shared_task(name="medbatch.imaging.classify_batch", bind=True, **RETRY)
 @refuses_foreign
-def classify_batch(self, batch_id: int, db: str | None = None) -> dict:
+def classify_batch(self, batch_id: RowId, *, db: DatabaseIdentity) -> dict:
     s = get_settings()
     return imaging.classify_batch(
         batch_id, database_url=s.database_url, max_attempts=s.max_attempts, options=imaging_options(s), expected_db=db

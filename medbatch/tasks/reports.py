@@ -4,13 +4,13 @@ from celery import shared_task
 
 from medbatch.config import get_settings
 from medbatch.pipeline import reports
-from medbatch.tasks import RETRY, refuses_foreign
+from medbatch.tasks import RETRY, DatabaseIdentity, RowId, refuses_foreign
 from medbatch.worker.providers import provider_for, shared_limiter
 
 
 @shared_task(name="medbatch.reports.generate_batch", bind=True, **RETRY)
 @refuses_foreign
-def generate_batch(self, batch_id: int, db: str | None = None) -> dict:
+def generate_batch(self, batch_id: RowId, *, db: DatabaseIdentity) -> dict:
     s = get_settings()
     return reports.generate_batch(
         batch_id,
@@ -25,7 +25,7 @@ def generate_batch(self, batch_id: int, db: str | None = None) -> dict:
 
 @shared_task(name="medbatch.reports.submit_provider_batch", bind=True, **RETRY)
 @refuses_foreign
-def submit_provider_batch(self, job_id: int, db: str | None = None) -> dict:
+def submit_provider_batch(self, job_id: RowId, *, db: DatabaseIdentity) -> dict:
     s = get_settings()
     out = reports.submit_provider_batch(
         job_id, database_url=s.database_url, provider_for=lambda n, m: provider_for(s, n, m), expected_db=db
@@ -37,7 +37,7 @@ def submit_provider_batch(self, job_id: int, db: str | None = None) -> dict:
 
 @shared_task(name="medbatch.reports.poll_provider_batch", bind=True, **RETRY)
 @refuses_foreign
-def poll_provider_batch(self, job_id: int, db: str | None = None) -> dict:
+def poll_provider_batch(self, job_id: RowId, *, db: DatabaseIdentity) -> dict:
     s = get_settings()
     out = reports.poll_provider_batch(
         job_id, database_url=s.database_url, provider_for=lambda n, m: provider_for(s, n, m), expected_db=db
