@@ -87,6 +87,27 @@ class Settings(BaseSettings):
     imaging_modalities: str = Field(
         ",".join(d.IMAGING_MODALITIES), description="DICOM modalities accepted as radiographs"
     )
+    # PACS (DICOMweb, DICOM listener, findings back as SR/SC). Credentials only here: never in a URL or message.
+    pacs_username: str = Field("", description="basic-auth user for the PACS's DICOMweb")
+    pacs_password: SecretStr | None = Field(None, description="basic-auth password for the PACS's DICOMweb")
+    pacs_token: SecretStr | None = Field(None, description="bearer token for the PACS's DICOMweb (wins over basic)")
+    pacs_timeout_s: float = Field(d.PACS_TIMEOUT_S, gt=0, description="one DICOMweb request, seconds")
+    pacs_return: bool = Field(False, description="send SR/SC findings back after a PACS-sourced job finishes")
+    pacs_return_to: str = Field(
+        "", description="where findings go back: a DICOMweb URL or AET@host:port; empty = the job's own PACS"
+    )
+    dicom_aet: str = Field(d.DICOM_AET, min_length=1, max_length=16, description="medbatch's own AE title")
+    dicom_port: int = Field(d.DICOM_PORT, ge=1, le=65535, description="port of `medbatch dicom listen`")
+    dicom_allowed_aets: str = Field("", description="calling AE titles the listener accepts, comma-separated")
+    dicom_study_settle_s: float = Field(
+        d.DICOM_STUDY_SETTLE_S, ge=0, description="a received study quiet this long is staged as a job"
+    )
+    dicom_inbox: Path | None = Field(
+        None, description="where the listener writes instances; default: <first input root>/dicom-received"
+    )
+    fhir_patient_system: str = Field(
+        d.FHIR_PATIENT_SYSTEM, min_length=1, description="identifier system of the patient ids in FHIR references"
+    )
     # Guard against slow memory growth in long-lived pool children (TensorFlow, image decoders).
     worker_max_memory_per_child_mb: int = Field(
         d.WORKER_MAX_MEMORY_PER_CHILD_MB,
@@ -119,6 +140,29 @@ class Settings(BaseSettings):
         d.SUMMARY_HOUR, ge=0, le=23, description="hour (in `timezone`) beat writes last night's summary"
     )
 
+    def pacs_access(self):
+        """How to reach the PACS over DICOMweb (:class:`medbatch.interop.dicomweb.PacsAccess`), secrets unwrapped."""
+        from medbatch.interop.dicomweb import PacsAccess
+
+        return PacsAccess(
+            username=self.pacs_username,
+            password=self.pacs_password.get_secret_value() if self.pacs_password else "",
+            token=self.pacs_token.get_secret_value() if self.pacs_token else "",
+            timeout_s=self.pacs_timeout_s,
+        )
+
+    def allowed_aet_list(self) -> tuple[str, ...]:
+        """:attr:`dicom_allowed_aets` as AE titles (stripped)."""
+        return tuple(a.strip() for a in self.dicom_allowed_aets.split(",") if a.strip())
+
+    def dicom_inbox_dir(self) -> Path:
+        """Where the listener writes received instances: ``dicom_inbox``, else under the first input root,
+        else under the results directory."""
+        if self.dicom_inbox is not None:
+            return self.dicom_inbox
+        roots = self.allowed_input_roots()
+        return (roots[0] if roots else self.results_dir) / "dicom-received"
+
     def modality_list(self) -> tuple[str, ...]:
         """:attr:`imaging_modalities` as upper-case codes."""
         return tuple(m.strip().upper() for m in self.imaging_modalities.split(",") if m.strip())
@@ -136,7 +180,7 @@ class Settings(BaseSettings):
             raise ValueError("llm_provider must be auto, openai or offline")
         return value
 
-    @field_validator("nightly_inbox", mode="before")
+    @field_validator("nightly_inbox", "dicom_inbox", mode="before")
     @classmethod
     def _blank_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value

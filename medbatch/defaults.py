@@ -103,3 +103,17 @@ NIGHTLY_SETTLE_S = 120
 NIGHTLY_TIMEOUT_S = 6 * 3600
 #: Hour (in :data:`TIMEZONE`) beat writes last night's summary, 0-23.
 SUMMARY_HOUR = 7
+
+# --- FHIR (every result for the EHR) --------------------------------------------------------------
+#: Identifier system of the patient ids the inputs carry (set it to the hospital's MRN system URI).
+FHIR_PATIENT_SYSTEM = "urn:medbatch:patient-id"
+
+# --- PACS (DICOMweb pull, C-STORE listener, findings back as DICOM) -------------------------------
+#: Seconds one DICOMweb request may take before the PACS counts as unavailable.
+PACS_TIMEOUT_S = 60.0
+#: AE title of medbatch's DICOM node (listener and C-STORE SCU).
+DICOM_AET = "MEDBATCH"
+#: TCP port of the C-STORE listener.
+DICOM_PORT = 11112
+#: A study quiet this long (no new instance) is staged as a job by the listener, seconds.
+DICOM_STUDY_SETTLE_S = 60

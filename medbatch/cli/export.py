@@ -1,0 +1,56 @@
+"""``medbatch export``: a finished job's results in the hospital's own formats (FHIR for the EHR)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medbatch.cli._common import EXIT_FAILED, app, err, out, ready_db, with_exit_codes
+from medbatch.config import get_settings
+from medbatch.errors import InvalidInput
+from medbatch.producer.identity import whoami
+
+export_app = typer.Typer(help="Export a finished job's results for the hospital's systems.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("fhir")
+@with_exit_codes
+def fhir(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the NDJSON files (made if missing).")],
+) -> None:
+    """Write a finished job's results as FHIR R4B Bulk Data NDJSON (one file per resource type) and print the
+    manifest. Patients are referred to by identifier (MEDBATCH_FHIR_PATIENT_SYSTEM); the same job exported
+    again gives identical files."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.interop.fhir.export import export_job
+
+    url = ready_db()
+    with session_scope(url) as s:
+        try:
+            manifest = export_job(s, job_id, output, patient_system=get_settings().fhir_patient_system)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
+    stats = manifest["extension"]["medbatch"]
+    with session_scope(url) as s:
+        repo.audit(
+            s,
+            actor=whoami(),
+            action="export",
+            job_id=job_id,
+            detail={"what": "fhir", "output": str(output), **{k: v for k, v in stats.items() if k != "job"}},
+        )
+    out.print_json(json.dumps(manifest))
+    skipped = stats["skipped_no_patient"]
+    if skipped:
+        err.print(f"{skipped} results without a patient identifier were not exported (FHIR files them by patient)")
+    if stats.get("without_study"):
+        err.print(f"{stats['without_study']} X-ray results have no Study Instance UID (not DICOM): no ImagingStudy")
+    if stats["invalid"]:
+        err.print(f"[bold red]error:[/] {stats['invalid']} results failed validation: see OperationOutcome.ndjson")
+        raise typer.Exit(EXIT_FAILED)
