@@ -99,7 +99,7 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
     from medbatch.db.migrate import upgrade
     from medbatch.db.session import session_scope
     from medbatch.db.tables import FINISHED_JOB
-    from medbatch.export import ERROR_COLUMNS, RESULT_COLUMNS, write_rows
+    from medbatch.export import ERROR_COLUMNS, RESULT_COLUMNS, result_columns, write_rows
     from medbatch.producer.send import celery_sender
     from medbatch.producer.submit import submit_records, submit_reports
     from medbatch.producer.synthetic import write_patients
@@ -179,7 +179,13 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
             result_file = workdir / f"results-{s.workload}-job{s.job_id}.csv"
             error_file = workdir / f"errors-{s.workload}-job{s.job_id}.csv"
             with session_scope(settings.database_url) as sess:
-                write_rows(repo.iter_results(sess, s.job_id), "csv", result_file, empty_columns=RESULT_COLUMNS)
+                write_rows(
+                    repo.iter_results(sess, s.job_id),
+                    "csv",
+                    result_file,
+                    columns=result_columns(repo.result_detail_keys(sess, s.job_id)),
+                    empty_columns=RESULT_COLUMNS,
+                )
                 write_rows(repo.iter_errors(sess, s.job_id), "csv", error_file, empty_columns=ERROR_COLUMNS)
                 labels = repo.label_counts(sess, s.job_id)
             table.add_row(

@@ -24,6 +24,8 @@ RESULT_COLUMNS = (
     "created_at",
 )
 ERROR_COLUMNS = ("source_file", "source_row", "patient_id", "stage", "reason", "created_at")
+#: What a result row of a report job adds (see ``repository.iter_results``).
+REPORT_COLUMNS = ("requires_review", "report_text", "tokens_in", "tokens_out", "cost_usd", "finish_reason")
 _FORMULA_START = ("=", "+", "@", "\t", "\r")
 
 
@@ -58,17 +60,35 @@ def flatten(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def result_columns(keys: dict[str, Any]) -> list[str]:
+    """The flat columns that results with these keys can fill (``repository.result_detail_keys``):
+    ``prob_<class>`` per probability class, every other ``detail`` key, the report columns if any."""
+    columns = [f"prob_{cls}" for cls in keys.get("probabilities", ())]
+    columns += [k for k in keys.get("detail", ()) if k != "probabilities"]
+    return columns + list(REPORT_COLUMNS if keys.get("reports") else ())
+
+
 def write_rows(
-    rows: Iterable[dict[str, Any]], fmt: str, output: Path | None, *, empty_columns: Iterable[str] = ()
+    rows: Iterable[dict[str, Any]],
+    fmt: str,
+    output: Path | None,
+    *,
+    columns: Iterable[str] = (),
+    empty_columns: Iterable[str] = (),
 ) -> int:
-    """Write ``rows`` in ``fmt`` to ``output`` (standard output when None). Returns the row count."""
+    """Write ``rows`` in ``fmt`` to ``output`` (standard output when None). Returns the row count.
+
+    A CSV's header (and a Parquet file's schema) is the first row's columns followed by those of
+    ``columns`` it lacks, so a key that only later rows carry (say :func:`result_columns`) still has
+    its column; rows stream through, none is held back to learn the header.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     if fmt == "parquet":
-        return _write_parquet(rows, output)
+        return _write_parquet(rows, output, tuple(columns))
     fh: IO[str] = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     try:
-        return _write_csv(rows, fh, tuple(empty_columns)) if fmt == "csv" else _write_jsonl(rows, fh)
+        return _write_csv(rows, fh, tuple(empty_columns), tuple(columns)) if fmt == "csv" else _write_jsonl(rows, fh)
     finally:
         if output:
             fh.close()
@@ -82,14 +102,21 @@ def _write_jsonl(rows: Iterable[dict[str, Any]], fh: IO[str]) -> int:
     return n
 
 
-def _write_csv(rows: Iterable[dict[str, Any]], fh: IO[str], empty_columns: tuple[str, ...] = ()) -> int:
+def _header(first: dict[str, Any], columns: tuple[str, ...]) -> list[str]:
+    return list(first) + [c for c in dict.fromkeys(columns) if c not in first]
+
+
+def _write_csv(
+    rows: Iterable[dict[str, Any]], fh: IO[str], empty_columns: tuple[str, ...] = (), columns: tuple[str, ...] = ()
+) -> int:
     it: Iterator[dict[str, Any]] = (flatten(r) for r in rows)
     first = next(it, None)
     if first is None:
         if empty_columns:
             csv.writer(fh).writerow(empty_columns)
         return 0
-    writer = csv.DictWriter(fh, fieldnames=list(first), extrasaction="ignore")
+    # A key outside the header is still dropped, not fatal: the caller's ``columns`` is what prevents it.
+    writer = csv.DictWriter(fh, fieldnames=_header(first, columns), extrasaction="ignore")
     writer.writeheader()
     n = 0
     for r in itertools.chain([first], it):
@@ -98,7 +125,7 @@ def _write_csv(rows: Iterable[dict[str, Any]], fh: IO[str], empty_columns: tuple
     return n
 
 
-def _write_parquet(rows: Iterable[dict[str, Any]], output: Path | None) -> int:
+def _write_parquet(rows: Iterable[dict[str, Any]], output: Path | None, columns: tuple[str, ...] = ()) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -107,10 +134,11 @@ def _write_parquet(rows: Iterable[dict[str, Any]], output: Path | None) -> int:
     writer = None
     n = 0
     batch: list[dict[str, Any]] = []
+    header: list[str] | None = None
 
     def flush() -> None:
         nonlocal writer
-        table = pa.Table.from_pylist(batch)
+        table = pa.Table.from_pylist([{c: r.get(c) for c in header} for r in batch] if columns else batch)
         if writer is None:
             writer = pq.ParquetWriter(output, table.schema)
         writer.write_table(table.cast(writer.schema))
@@ -118,6 +146,8 @@ def _write_parquet(rows: Iterable[dict[str, Any]], output: Path | None) -> int:
     try:
         for row in rows:
             batch.append(flatten(row))
+            if header is None:
+                header = _header(batch[0], columns)
             n += 1
             if len(batch) >= 50_000:
                 flush()

@@ -203,7 +203,7 @@ def results(
     """Export a job's results (or errors), each row naming its source file, row and patient id."""
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
-    from medbatch.export import ERROR_COLUMNS, FORMATS, RESULT_COLUMNS, write_rows
+    from medbatch.export import ERROR_COLUMNS, FORMATS, RESULT_COLUMNS, result_columns, write_rows
 
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
@@ -213,8 +213,11 @@ def results(
     with session_scope(url) as s:
         repo.get_job(s, job_id)
         rows = repo.iter_errors(s, job_id) if errors else repo.iter_results(s, job_id)
+        columns = () if errors else result_columns(repo.result_detail_keys(s, job_id))
         try:
-            n = write_rows(rows, fmt, output, empty_columns=ERROR_COLUMNS if errors else RESULT_COLUMNS)
+            n = write_rows(
+                rows, fmt, output, columns=columns, empty_columns=ERROR_COLUMNS if errors else RESULT_COLUMNS
+            )
         except OSError as exc:
             raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
     with session_scope(url) as s:

@@ -101,6 +101,7 @@ from medbatch.db.repository.queries import (
     label_counts,
     latest_findings,
     list_jobs,
+    result_detail_keys,
     tokens_spent,
     unfinished_batches,
 )
@@ -176,6 +177,7 @@ __all__ = [
     "release_batch",
     "relink_lost_claim",
     "reports_to_review",
+    "result_detail_keys",
     "results_per_minute",
     "scores",
     "set_job_metrics",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from medbatch.db.tables import (
@@ -148,6 +148,41 @@ def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Itera
                 finish_reason=row.finish_reason,
             )
         yield out
+
+
+def result_detail_keys(session: Session, job_id: int) -> dict[str, Any]:
+    """Every key the job's results carry in ``detail`` (and in ``detail.probabilities``), and whether any
+    result has a report: the columns an export needs, read before the first row is written.
+
+    Returns:
+        ``{"detail": [...], "probabilities": [...], "reports": bool}``, keys sorted.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        obj = "CASE WHEN json_typeof({0}) = 'object' THEN {0} ELSE '{{}}'::json END"
+        keys = (
+            "SELECT DISTINCT k FROM results r, json_object_keys(" + obj.format("r.detail") + ") AS k "
+            "WHERE r.job_id = :job"
+        )
+        probs = (
+            "SELECT DISTINCT k FROM results r, json_object_keys("
+            + obj.format("r.detail -> 'probabilities'")
+            + ") AS k WHERE r.job_id = :job AND json_typeof(r.detail) = 'object'"
+        )
+    else:
+        keys = (
+            "SELECT DISTINCT j.key FROM results r, json_each(r.detail) j "
+            "WHERE r.job_id = :job AND json_type(r.detail) = 'object'"
+        )
+        probs = (
+            "SELECT DISTINCT j.key FROM results r, json_each(r.detail, '$.probabilities') j "
+            "WHERE r.job_id = :job AND json_type(r.detail, '$.probabilities') = 'object'"
+        )
+    reports = session.scalar(select(Report.id).where(Report.job_id == job_id).limit(1)) is not None
+    return {
+        "detail": sorted(str(k) for (k,) in session.execute(text(keys), {"job": job_id})),
+        "probabilities": sorted(str(k) for (k,) in session.execute(text(probs), {"job": job_id})),
+        "reports": reports,
+    }
 
 
 def tokens_spent(session: Session, job_id: int) -> int:
