@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,7 +21,10 @@ PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin"}
 class Settings(BaseSettings):
     """medbatch configuration, validated once at start-up."""
 
-    model_config = SettingsConfigDict(env_prefix="MEDBATCH_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a validation error would otherwise quote the input (URLs with their passwords)
+    model_config = SettingsConfigDict(
+        env_prefix="MEDBATCH_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     environment: str = Field(d.ENVIRONMENT, description="development | production")
     broker_url: str = d.BROKER_URL
@@ -205,7 +207,7 @@ class Settings(BaseSettings):
     def _no_placeholder_secrets(self) -> Settings:
         if self.environment == "production":
             for url in (self.broker_url, self.database_url):
-                password = urlsplit(url).password
+                password = url_password(url)
                 if password and password.lower() in PLACEHOLDER_SECRETS:
                     raise ValueError(f"placeholder password in {redact_url(url)}: set a real secret for production")
             if self.flower_basic_auth:
@@ -215,23 +217,63 @@ class Settings(BaseSettings):
         return self
 
 
+#: Where a URL starts in text: ``scheme://`` (RFC 3986 scheme characters).
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def _redact_authority(rest: str) -> str:
+    """``rest`` (what follows ``scheme://``) with the password of its userinfo replaced by ``***``.
+
+    The userinfo runs to the *last* ``@``: a password may hold ``#``, ``?``, ``/``, ``@`` and ``:``
+    unencoded (libraries disagree on where it ends; redacting up to the last ``@`` covers all of them,
+    at worst hiding a host along with the password). The user is what precedes the first ``:``.
+    """
+    at = rest.rfind("@")
+    if at < 0:
+        return rest
+    user, colon, _password = rest[:at].partition(":")
+    return f"{user}:***{rest[at:]}" if colon else rest
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, safe for logs and terminals."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    host = netloc[-1]
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    """Return ``url`` with any password replaced by ``***``, safe for logs and terminals.
 
-
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^@\s]+@")
+    The one redaction of every URL-shaped secret (:func:`redact_text` applies it to each URL in a text).
+    """
+    start = _URL_START.match(url)
+    return url if start is None else url[: start.end()] + _redact_authority(url[start.end() :])
 
 
 def redact_text(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***`` (for error messages from libraries)."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
+    """``text`` with the password of every URL in it replaced by ``***`` (for error messages from libraries).
+
+    In free text a URL ends at whitespace or where the next ``scheme://`` begins.
+    """
+    out, pos = [], 0
+    for start in _URL_START.finditer(text):
+        if start.start() < pos:
+            continue
+        end = len(text)
+        space = re.search(r"\s", text[start.end() :])
+        if space:
+            end = start.end() + space.start()
+        following = _URL_START.search(text, start.end(), end)
+        if following:
+            end = following.start()
+        out.append(text[pos : start.end()] + _redact_authority(text[start.end() : end]))
+        pos = end
+    return "".join(out) + text[pos:]
+
+
+def url_password(url: str) -> str | None:
+    """The password of ``url`` as :func:`redact_url` sees it (None when it has none)."""
+    start = _URL_START.match(url)
+    if start is None:
+        return None
+    rest = url[start.end() :]
+    at = rest.rfind("@")
+    _user, colon, password = rest[: max(at, 0)].partition(":")
+    return password if at >= 0 and colon else None
 
 
 def error_reason(exc: BaseException) -> str:
