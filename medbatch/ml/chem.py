@@ -15,24 +15,27 @@ fingerprints (radius 2, 1024 bits); filters over the valid ones.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import importlib.util
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medbatch.ml.molecules import moses_data_dir
+from medbatch.ml.moses import (  # noqa: F401 - the MOSES training set is re-exported for chem's callers
+    MOSES_ALLOWED_ATOMS,
+    TrainingSet,
+    moses_filter_smarts,
+    moses_training_set,
+    smiles_hash,
+)
 
 #: Lipinski's rule of five: a molecule passes with at most one violation (Lipinski et al. 1997).
 LIPINSKI_MAX_VIOLATIONS = 1
 #: Pairs for internal diversity: above this many valid molecules, a seeded subsample is used.
 INTDIV_MAX_MOLECULES = 2000
-MOSES_ALLOWED_ATOMS = frozenset({"C", "N", "S", "O", "F", "Cl", "Br", "H"})
 
 _lock = threading.Lock()
 _cache: dict[str, Any] = {}
@@ -73,85 +76,12 @@ def _pains_catalog():
 
 def _moses_filters() -> list:
     """The MOSES filter SMARTS (MCF + WEHI PAINS) from the molsets package's data files."""
-    import csv
-
     with _lock:
         if "moses_filters" not in _cache:
             Chem = _rdkit()
-            metrics = moses_data_dir().parent.parent / "metrics"
-            smarts: list[str] = []
-            with open(metrics / "mcf.csv", newline="") as fh:
-                smarts += [row["smarts"] for row in csv.DictReader(fh)]
-            with open(metrics / "wehi_pains.csv", newline="") as fh:
-                smarts += [row[0] for row in csv.reader(fh, skipinitialspace=True) if row]
-            patterns = [Chem.MolFromSmarts(s.strip()) for s in smarts]
+            patterns = [Chem.MolFromSmarts(s) for s in moses_filter_smarts()]
             _cache["moses_filters"] = [p for p in patterns if p is not None]
         return _cache["moses_filters"]
-
-
-# --------------------------------------------------------------------------- training set (novelty)
-
-
-def smiles_hash(smiles: str) -> int:
-    """A 64-bit hash of a SMILES string (BLAKE2b), for a compact membership table."""
-    return int.from_bytes(hashlib.blake2b(smiles.encode(), digest_size=8).digest(), "little")
-
-
-class TrainingSet:
-    """Membership in the MOSES training set, as a sorted array of 64-bit hashes (12.7 MB for 1.58M).
-
-    The MOSES SMILES are RDKit canonical already (this RDKit leaves a 3,000-molecule sample unchanged),
-    and MOSES itself compares canonical generated SMILES with the raw training strings, so the raw
-    strings are hashed as they are. A hash collision (odds about 1e-7 per lookup) would call a new
-    molecule known.
-    """
-
-    def __init__(self, hashes: np.ndarray):
-        self.hashes = np.unique(np.asarray(hashes, dtype=np.uint64))
-
-    @classmethod
-    def from_smiles(cls, smiles: Iterable[str]) -> TrainingSet:
-        return cls(np.fromiter((smiles_hash(s) for s in smiles), dtype=np.uint64))
-
-    def __len__(self) -> int:
-        return len(self.hashes)
-
-    def __contains__(self, canonical: str) -> bool:
-        h = np.uint64(smiles_hash(canonical))
-        i = int(np.searchsorted(self.hashes, h))
-        return i < len(self.hashes) and self.hashes[i] == h
-
-
-def moses_training_set(cache_dir: Path | None = None) -> TrainingSet:
-    """The MOSES training set, once per process.
-
-    Hashing the 1.58M SMILES of ``train.csv.gz`` takes seconds, so the sorted hashes are kept in
-    ``cache_dir`` (default ``~/.cache/medbatch``), keyed by the file's size and modification time; a
-    cache that cannot be written or read is simply not used.
-    """
-    with _lock:
-        if "train" not in _cache:
-            path = moses_data_dir() / "train.csv.gz"
-            st = path.stat()
-            cache = (
-                Path(cache_dir or Path.home() / ".cache" / "medbatch")
-                / f"moses-train-{st.st_size}-{int(st.st_mtime)}.npy"
-            )
-            try:
-                _cache["train"] = TrainingSet(np.load(cache, allow_pickle=False))
-            except (OSError, ValueError):
-                with gzip.open(path, "rt") as fh:
-                    next(fh)
-                    training = TrainingSet.from_smiles(line.strip() for line in fh if line.strip())
-                _cache["train"] = training
-                try:
-                    cache.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = cache.with_suffix(f".{threading.get_ident()}.tmp.npy")
-                    np.save(tmp, training.hashes, allow_pickle=False)
-                    tmp.replace(cache)
-                except OSError:
-                    pass
-        return _cache["train"]
 
 
 # --------------------------------------------------------------------------- one molecule

@@ -81,7 +81,7 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
         The job's metrics, or None when the job is not a finished molecule job.
     """
     from medbatch.ml import chem
-    from medbatch.ml.molecules import MOSES_CHARRNN
+    from medbatch.ml.moses import MOSES_CHARRNN, MOSES_CHARRNN_NAME
 
     with session_scope(database_url) as s:
         job = repo.get_job(s, job_id)
@@ -106,7 +106,7 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
         items_failed=counts["items_failed"],
         seed=options.get("seed"),
         temperature=options.get("temperature"),
-        reference={"name": "MOSES CharRNN (Polykovskiy et al. 2020)", **MOSES_CHARRNN},
+        reference={"name": MOSES_CHARRNN_NAME, **MOSES_CHARRNN},
     )
     with session_scope(database_url) as s:
         repo.update_result_details(s, updates)
