@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import need
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # SafeLoader resolves `<<` merge keys
@@ -115,7 +117,8 @@ def test_alert_rules_cover_stalls_old_batches_and_workers():
 def _promtool() -> str:
     tool = os.environ.get("MEDBATCH_TEST_PROMTOOL") or shutil.which("promtool")
     if not tool:
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus; or set MEDBATCH_TEST_PROMTOOL)")
+        # Skips locally, fails under CI=true (.ci/run installs Debian's prometheus package, which ships it).
+        need("promtool", "not installed (Debian: apt-get install prometheus; or set MEDBATCH_TEST_PROMTOOL)")
     return tool
 
 
