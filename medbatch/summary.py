@@ -18,8 +18,7 @@ from typing import Any
 from medbatch.db import repository as repo
 from medbatch.db.repository import morning as q
 from medbatch.db.session import session_scope
-
-MOSES_CHARRNN = {"validity": 0.975, "unique@10k": 0.999, "novelty": 0.842}
+from medbatch.ml.moses import MOSES_CHARRNN
 
 
 def collect(database_url: str, night: date, tz: str = "UTC") -> dict[str, Any]:
