@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medbatch import defaults
+from medbatch.errors import RetryableError
 from medbatch.ml import images
 from medbatch.pipeline.common import item_failure, run_batch
 
@@ -40,6 +41,8 @@ class ImagingOptions:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     max_bytes: int = images.DEFAULT_MAX_BYTES
     modalities: tuple[str, ...] = tuple(sorted(images.RADIOGRAPH_MODALITIES))
+    #: How to reach a PACS for items staged from one (:class:`medbatch.interop.dicomweb.PacsAccess`).
+    pacs: Any = None
 
 
 @dataclass
@@ -56,6 +59,8 @@ def heatmap_path(results_dir: Path, item_id: int) -> Path:
 
 def _decode(item: Any, size: int, opts: ImagingOptions) -> _Decoded:
     payload = item.payload
+    if "sop" in payload:  # staged from a PACS: retrieved here by WADO-RS (no shared disk needed)
+        return _shrink(_decode_pacs(payload, opts), size)
     data = images.read_file(Path(payload["path"]), max_bytes=opts.max_bytes)
     actual = hashlib.sha256(data).hexdigest()
     if actual != payload["sha256"]:
@@ -65,6 +70,17 @@ def _decode(item: Any, size: int, opts: ImagingOptions) -> _Decoded:
         )
     image = images.decode(data, name=Path(payload["path"]).name, max_pixels=opts.max_pixels, modalities=opts.modalities)
     del data
+    return _shrink(image, size)
+
+
+def _decode_pacs(payload: dict, opts: ImagingOptions) -> images.DecodedImage:
+    from medbatch.interop.dicomweb import retrieve_checked
+
+    data = retrieve_checked(payload, opts.pacs, max_bytes=opts.max_bytes)
+    return images.decode(data, name="instance.dcm", max_pixels=opts.max_pixels, modalities=opts.modalities)
+
+
+def _shrink(image: images.DecodedImage, size: int) -> _Decoded:
     h, w = image.pixels.shape
     scale = min(1.0, OVERLAY_SIDE / max(h, w))
     display = _resize_keep_aspect(image.pixels, scale) if scale < 1 else image.pixels
@@ -101,6 +117,8 @@ def classify_items(model: Any, items: list, opts: ImagingOptions) -> tuple[list[
             return item, None, str(exc)
         except MemoryError:
             return item, None, "image too large to decode in this worker's memory"
+        except RetryableError:
+            raise  # a PACS that is down fails no image: the batch is handed back and retried
         except Exception as exc:  # noqa: BLE001 - a decoder bug on a hostile file fails that image only
             log.warning("item %s: decoder raised %s", item.id, type(exc).__name__)
             return item, None, f"image could not be decoded: {type(exc).__name__}: {exc}"

@@ -24,4 +24,5 @@ def imaging_options(s) -> imaging.ImagingOptions:
         max_pixels=s.imaging_max_pixels,
         max_bytes=s.imaging_max_file_mb * 2**20,
         modalities=s.modality_list(),
+        pacs=s.pacs_access(),
     )

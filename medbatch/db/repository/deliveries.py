@@ -193,7 +193,7 @@ def mark_study_staged(session: Session, claim: str, job_id: int) -> None:
     )
 
 
-def release_claim(session: Session, claim: str) -> None:
+def release_study_claim(session: Session, claim: str) -> None:
     """A claim whose job was never created: its instances wait again."""
     session.execute(
         update(DicomReceived)

@@ -1,0 +1,260 @@
+"""X-rays from a real PACS (Orthanc) and findings back into it as DICOM SR and Secondary Capture.
+
+Orthanc is Debian's, started by the fixture with its own configuration, free ports and storage
+(tests/orthanc.py). Images: pydicom-data's RG1 chest film uncompressed and JPEG 2000, generated CR
+instances with patient names, and a CT instance in the same study (refused with a reason). Every SR and
+SC produced is read back from Orthanc, checked by dciodvfy (0 errors) and parsed with highdicom.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from medbatch.db import repository as repo
+from medbatch.db.session import session_scope
+from medbatch.db.tables import Batch, DicomDelivery
+from medbatch.errors import PacsUnavailable
+from medbatch.interop.delivery import export_job
+from medbatch.interop.dicomweb import PacsAccess
+from medbatch.pipeline.imaging import ImagingOptions, classify_batch
+from medbatch.producer.pacs import submit_pacs
+from medbatch.producer.synthetic import synthetic_xray, write_synthetic_dicom
+from tests.conftest import need, register_xray
+from tests.orthanc import Orthanc, dciodvfy_missing, orthanc_missing
+
+pytestmark = pytest.mark.integration
+
+DICOM_DIR = Path(pytest.importorskip("data_store").__file__).parent / "data"
+CT = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+#: STOW-RS refused with 403 (the store itself is refused; reads stay allowed).
+REFUSE_STOW = """
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+   if method == 'POST' and string.find(uri, 'dicom%-web/studies') then
+      return false
+   end
+   return true
+end
+"""
+
+
+def start_orthanc(workdir: Path, lua: str | None = None) -> Orthanc:
+    why = orthanc_missing()
+    if why:
+        need("Orthanc", why)
+    orthanc = Orthanc(workdir, lua=lua)
+    orthanc.start()
+    return orthanc
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    o = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield o
+    o.stop()
+
+
+@pytest.fixture
+def pacs(orthanc) -> Orthanc:
+    """The session's Orthanc, emptied for this test."""
+    orthanc.clear()
+    return orthanc
+
+
+def generated_study(tmp: Path, names: list[tuple[str, int]], *, seed: int = 3) -> tuple[list[bytes], str]:
+    """CR instances (one per (patient name, label)) in one new study, and a CT instance in the same study."""
+    rng = np.random.default_rng(seed)
+    study = pydicom.uid.generate_uid()
+    series = pydicom.uid.generate_uid()
+    out = []
+    for i, (name, label) in enumerate(names):
+        path = write_synthetic_dicom(tmp / f"cr-{i}.dcm", synthetic_xray(label, 160, rng), patient_id="PACS-0001")
+        ds = pydicom.dcmread(path)
+        ds.PatientName = name
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20261130", "221500", "ACC-1"
+        ds.InstanceNumber = i + 1
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path.read_bytes())
+    ct = pydicom.dcmread(CT)
+    ct.StudyInstanceUID, ct.PatientID, ct.PatientName = study, "PACS-0001", names[0][0]
+    ct.SOPInstanceUID = pydicom.uid.generate_uid()
+    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    path = tmp / "ct.dcm"
+    ct.save_as(path, enforce_file_format=True)
+    out.append(path.read_bytes())
+    return out, study
+
+
+def upload_night(pacs: Orthanc, tmp: Path, *, rg1: bool = True) -> dict:
+    """RG1 uncompressed and JPEG 2000, three generated CR (two pneumonia-like), one CT in their study."""
+    names = [("DOE^JANE", 1), ("ROE^RICHARD", 1), ("POE^EDGAR", 0)]
+    files, study = generated_study(tmp, names)
+    if rg1:
+        files += [(DICOM_DIR / "RG1_UNCR.dcm").read_bytes(), (DICOM_DIR / "RG1_J2KR.dcm").read_bytes()]
+    for data in files:
+        pacs.upload(data)
+    return {"study": study, "names": [n for n, _ in names], "radiographs": len(names) + (2 if rg1 else 0)}
+
+
+def process(db_url: str, job_id: int, results: Path) -> None:
+    """Run every batch of the job through the imaging pipeline (the worker's code, called directly)."""
+    with session_scope(db_url) as s:
+        batch_ids = list(s.scalars(select(Batch.id).where(Batch.job_id == job_id)))
+    opts = ImagingOptions(results_dir=results, decode_threads=2, pacs=PacsAccess(timeout_s=30))
+    for batch_id in batch_ids:
+        classify_batch(batch_id, database_url=db_url, max_attempts=5, options=opts)
+
+
+def dciodvfy_errors(data: bytes, tmp: Path) -> list[str]:
+    path = tmp / "check.dcm"
+    path.write_bytes(data)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def _coded_items(ds) -> set[tuple[str, str]]:
+    """(concept name, coded value) of every CODE item in an SR content tree."""
+    found = set()
+    for item in ds.get("ContentSequence", []):
+        if item.get("ValueType") == "CODE":
+            found.add((item.ConceptNameCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodeValue))
+        elif "ConceptNameCodeSequence" in item:
+            found.add((item.ConceptNameCodeSequence[0].CodeValue, ""))
+        found |= _coded_items(item)
+    return found
+
+
+def pull_job(db_url, pacs, tmp_path, xray_artifact, *, rg1: bool = True) -> tuple[int, dict]:
+    register_xray(db_url, xray_artifact)
+    night = upload_night(pacs, tmp_path, rg1=rg1)
+    summary = submit_pacs(pacs.dicomweb, database_url=db_url, send=lambda *a: None, batch_size=3)
+    process(db_url, summary.job_id, tmp_path / "results")
+    return summary.job_id, {**night, "summary": summary}
+
+
+def test_pacs_pull_classify_export_read_back(sqlite_url, pacs, tmp_path, xray_artifact, caplog):
+    if dciodvfy_missing():
+        need("dciodvfy", dciodvfy_missing())
+    caplog.set_level(logging.INFO, logger="medbatch")
+    # Given a PACS holding the RG1 film twice (uncompressed, JPEG 2000), three CR films and a CT in their study
+    job_id, night = pull_job(sqlite_url, pacs, tmp_path, xray_artifact)
+    summary = night["summary"]
+    # Then each radiograph is one item, the CT a rejection with the files' reason, and every item has a result
+    assert summary.items_staged == 5 and summary.rows_rejected == 1
+    with session_scope(sqlite_url) as s:
+        counts = repo.job_counts(s, job_id)
+        errors = list(repo.iter_errors(s, job_id))
+        rows = list(repo.iter_results(s, job_id))
+    assert counts["items_done"] == 5 and counts["status"] == "completed_with_errors"
+    assert len(errors) == 1 and "DICOM modality CT is not a radiograph" in errors[0]["reason"]
+    assert {r["detail"]["modality"] for r in rows} == {"CR"} and all(r["detail"]["kind"] == "dicom" for r in rows)
+    positives = [r for r in rows if r["label"] == "pneumonia"]
+    assert positives, "the synthetic pneumonia films should score positive"
+    # When the findings go back by STOW-RS
+    first = export_job(job_id, pacs.dicomweb, database_url=sqlite_url, access=PacsAccess())
+    assert (first.sent, first.failed, first.already_sent) == (5 + len(positives), 0, 0), first.reasons
+    # Then QIDO-RS finds one SR per radiograph and one SC per positive
+    assert pacs.count_instances(Modality="SR") == 5
+    assert pacs.count_instances(Modality="OT") == len(positives)
+    # Each object read back from Orthanc passes dciodvfy and parses with highdicom
+    import highdicom as hd
+
+    with session_scope(sqlite_url) as s:
+        deliveries = list(s.scalars(select(DicomDelivery).where(DicomDelivery.job_id == job_id)))
+    assert {d.status for d in deliveries} == {"sent"} and len(deliveries) == first.sent
+    for d in deliveries:
+        data = pacs.instance_bytes(d.sop_instance_uid)
+        assert dciodvfy_errors(data, tmp_path) == [], d.kind
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+        if d.kind == "sr":
+            sr = hd.sr.ComprehensiveSR.from_dataset(ds)
+            flags = (sr.PreliminaryFlag, sr.VerificationFlag, sr.CompletionFlag)
+            assert flags == ("PRELIMINARY", "UNVERIFIED", "COMPLETE")
+            groups = sr.content.get_image_measurement_groups()
+            assert len(groups) == 1 and groups[0].finding_type.value == "233604007"  # Pneumonia
+            measured = {m.name.value: m.value for m in groups[0].get_measurements()}
+            threshold = rows[0]["detail"]["threshold"]
+            assert 0 <= measured["111012"] <= 100 and measured["THRESHOLD"] == pytest.approx(100 * threshold)
+            present = groups[0].get_qualitative_evaluations()[0].value.value
+            assert present == ("52101004" if measured["111012"] >= 100 * threshold else "272519000")
+            assert sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == ds.StudyInstanceUID
+            assert ("121005", "121007") in _coded_items(ds)  # Observer Type: Device, never a person
+            assert not any(name == "121008" for name, _ in _coded_items(ds))  # no Person Observer Name
+        else:
+            sc = hd.Image.from_dataset(ds)
+            assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+            assert sc.get_frame(1).shape[-1] == 3 and sc.SeriesInstanceUID != ds.StudyInstanceUID
+            assert list(sc.ImageType)[:1] == ["DERIVED"] and sc.BurnedInAnnotation == "YES"
+            assert "NOT FOR DIAGNOSIS" in sc.ImageComments
+            source_uid = sc.SourceImageSequence[0].ReferencedSOPInstanceUID
+            assert source_uid in {r["source_file"].rsplit("/", 1)[-1] for r in positives}
+    # When exported again, nothing new is sent and the PACS holds no duplicate
+    again = export_job(job_id, pacs.dicomweb, database_url=sqlite_url, access=PacsAccess())
+    assert (again.sent, again.already_sent) == (0, first.sent)
+    assert pacs.count_instances(Modality="SR") == 5 and pacs.count_instances(Modality="OT") == len(positives)
+    # No UID and no patient name reached a log line
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert night["study"] not in logged and not any(n.split("^")[0] in logged for n in night["names"])
+
+
+def test_pacs_down_mid_export_then_up_every_object_once(sqlite_url, tmp_path, xray_artifact):
+    # Given a PACS of its own (this test stops it) and a job pulled from it
+    own = start_orthanc(tmp_path / "own-orthanc")
+    try:
+        job_id, night = pull_job(sqlite_url, own, tmp_path, xray_artifact, rg1=False)
+        with session_scope(sqlite_url) as s:
+            rows = list(repo.iter_results(s, job_id))
+        expected = len(rows) + sum(r["label"] == "pneumonia" for r in rows)
+
+        # When the PACS stops after the first item's objects were sent
+        with pytest.raises(PacsUnavailable):
+            export_job(
+                job_id, own.dicomweb, database_url=sqlite_url, on_item=lambda n: own.stop() if n == 1 else None
+            )
+        with session_scope(sqlite_url) as s:
+            counts = repo.delivery_counts(s, job_id)
+            failed = list(s.scalars(select(DicomDelivery).where(DicomDelivery.status == "failed")))
+        # Then what was sent is recorded as sent, the rest as failed with the reason, nothing lost
+        assert counts.get("sent", 0) >= 1 and counts.get("failed", 0) >= 1
+        assert all("unavailable" in d.reason for d in failed)
+        # When the PACS is back, the next export sends the rest: every object arrives exactly once
+        own.start()
+        done = export_job(job_id, own.dicomweb, database_url=sqlite_url)
+        assert done.failed == 0 and done.sent + done.already_sent == expected
+        assert own.count_instances(Modality="SR") == len(rows)
+        assert own.count_instances(Modality="SR") + own.count_instances(Modality="OT") == expected
+        with session_scope(sqlite_url) as s:
+            assert repo.delivery_counts(s, job_id) == {"sent": expected}
+    finally:
+        own.stop()
+
+
+def test_refused_objects_are_recorded_with_the_pacs_reason_and_cstore_delivers(
+    sqlite_url, pacs, tmp_path, xray_artifact
+):
+    # Given a job pulled from the PACS and a second PACS that refuses every STOW-RS (but accepts C-STORE)
+    job_id, night = pull_job(sqlite_url, pacs, tmp_path, xray_artifact, rg1=False)
+    refusing = start_orthanc(tmp_path / "refusing", lua=REFUSE_STOW)
+    try:
+        # When the findings are sent there by STOW-RS
+        refused = export_job(job_id, refusing.dicomweb, database_url=sqlite_url)
+        # Then every object is a recorded delivery error carrying the PACS's answer
+        assert refused.sent == 0 and refused.failed == refused.objects > 0
+        with session_scope(sqlite_url) as s:
+            rows = list(s.scalars(select(DicomDelivery).where(DicomDelivery.destination == refusing.dicomweb)))
+            total, listed = repo.delivery_failures(s, [job_id])
+        assert rows and all(d.status == "failed" and "403 Forbidden" in d.reason for d in rows)
+        assert total == len(rows) and "403" in listed[0]["reason"]
+        # When they go by C-STORE instead, they arrive (one presentation context per transfer syntax)
+        stored = export_job(job_id, refusing.dimse, database_url=sqlite_url, calling_aet="MEDBATCH")
+        assert stored.failed == 0 and stored.sent == refused.objects
+        assert refusing.count_instances(Modality="SR") == night["radiographs"]
+    finally:
+        refusing.stop()

@@ -1,0 +1,168 @@
+"""A real PACS for the tests: Debian's Orthanc with its DICOMweb and GDCM plugins, one per test session.
+
+Orthanc runs from its own JSON configuration, on free ports, with its own storage directory and
+``RemoteAccessAllowed: false``; it is stopped by PID and waited for (its SQLite index stays locked until
+the old process has exited, so a restart waits too). Orthanc 1.10 has no bind option: both ports bind
+every interface, which is why the ports are free ones and remote access is off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from tests.services import free_port
+
+PLUGINS = Path("/usr/share/orthanc/plugins")
+#: Calling AE titles allowed to C-STORE into the test Orthanc (medbatch's SCU sends as MEDBATCH).
+TEST_MODALITIES = {"medbatch": ["MEDBATCH", "127.0.0.1", 11112]}
+
+
+def orthanc_binary() -> str | None:
+    found = shutil.which("Orthanc")  # /usr/sbin is not on every user's PATH
+    return found or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if os.access(p, os.X_OK)), None)
+
+
+def orthanc_missing() -> str | None:
+    """Why Orthanc cannot be started here, or None."""
+    if orthanc_binary() is None:
+        return "Orthanc not installed (apt-get install orthanc orthanc-dicomweb orthanc-gdcm)"
+    for lib in ("libOrthancDicomWeb.so", "libOrthancGdcm.so"):
+        if not (PLUGINS / lib).exists():
+            return f"{PLUGINS / lib} missing (apt-get install orthanc-dicomweb orthanc-gdcm)"
+    return None
+
+
+def dciodvfy_missing() -> str | None:
+    return None if shutil.which("dciodvfy") else "dciodvfy not installed (apt-get install dicom3tools)"
+
+
+@dataclass
+class Orthanc:
+    workdir: Path
+    aet: str = "ORTHANC"
+    lua: str | None = None  # a Lua script (e.g. a ReceivedInstanceFilter that refuses some objects)
+    http_port: int = field(default_factory=free_port)
+    dicom_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    @property
+    def dimse(self) -> str:
+        return f"{self.aet}@127.0.0.1:{self.dicom_port}"
+
+    def _config(self) -> Path:
+        storage = self.workdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "medbatch-test",
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "HttpsVerifyPeers": False,
+            "DicomCheckCalledAet": True,
+            # Only the listed modalities may C-STORE or C-ECHO: unknown calling AE titles are refused.
+            "DicomAlwaysAllowStore": False,
+            "DicomAlwaysAllowEcho": False,
+            "DicomCheckModalityHost": False,
+            "DicomModalities": TEST_MODALITIES,
+            "OverwriteInstances": False,
+            "StableAge": 1,
+            "Plugins": [str(PLUGINS / "libOrthancDicomWeb.so"), str(PLUGINS / "libOrthancGdcm.so")],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "StudiesMetadata": "Full"},
+            "Gdcm": {"Enable": True},
+            "StorageCompression": False,
+            "SaveJobs": False,
+        }
+        if self.lua:
+            script = self.workdir / "filter.lua"
+            script.write_text(self.lua)
+            config["LuaScripts"] = [str(script)]
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    def start(self, timeout_s: float = 30) -> None:
+        config = self._config()
+        log = (self.workdir / "orthanc.log").open("ab")
+        self.proc = subprocess.Popen(
+            [orthanc_binary(), str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/system", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not answer in {timeout_s}s: {self.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout_s: float = 30) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout_s)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, n: int = 2000) -> str:
+        path = self.workdir / "orthanc.log"
+        return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+    # ------------------------------------------------------------------ REST helpers for assertions
+
+    def upload(self, data: bytes) -> dict:
+        r = requests.post(f"{self.url}/instances", data=data, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def clear(self) -> None:
+        for pid in requests.get(f"{self.url}/patients", timeout=10).json():
+            requests.delete(f"{self.url}/patients/{pid}", timeout=30).raise_for_status()
+
+    def count_instances(self, **filters: str) -> int:
+        """How many instances a QIDO-RS search finds (e.g. ``Modality="SR"``)."""
+        r = requests.get(f"{self.dicomweb}/instances", params=filters, timeout=10)
+        r.raise_for_status()
+        return len(r.json()) if r.content else 0
+
+    def instance_bytes(self, sop_uid: str) -> bytes:
+        found = requests.post(
+            f"{self.url}/tools/find",
+            json={"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}},
+            timeout=10,
+        ).json()
+        assert len(found) == 1, f"{len(found)} instances with that UID"
+        return requests.get(f"{self.url}/instances/{found[0]}/file", timeout=30).content
