@@ -13,7 +13,6 @@ pixels are decoded by the worker, where a corrupt image becomes an item error.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from medbatch.errors import InvalidInput
 from medbatch.ml import images
+from medbatch.ml.artifacts import file_digest
 from medbatch.producer.paths import check_input_path
 from medbatch.producer.records import RecordChunk
 
@@ -86,13 +86,8 @@ def _hash_and_head(path: Path, max_bytes: int) -> tuple[str, bytes, int]:
         raise images.ImageRejected("file is empty (0 bytes)")
     if size > max_bytes:
         raise images.ImageRejected(f"file is {size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        head = fh.read(1 << 16)
-        digest.update(head)
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest(), head, size
+    digest, head = file_digest(path, head_bytes=1 << 16)
+    return digest, head, size
 
 
 def _dicom_header(path: Path, modalities: frozenset[str], force: bool) -> str | None:
