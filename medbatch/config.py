@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         d.WORKER_STALL_S, ge=1, description="work waiting and no task finished this long = unhealthy"
     )
     reconcile_interval_s: int = Field(d.RECONCILE_INTERVAL_S, ge=10, description="how often beat runs the reconciler")
+    beat_schedule_file: Path | None = Field(
+        None, description="where beat records when each entry last ran; default RESULTS_DIR/celerybeat-schedule"
+    )
     log_level: str = d.LOG_LEVEL
     flower_port: int = d.FLOWER_PORT
     flower_basic_auth: str = Field("", description="user:password for Flower; required in production")
@@ -110,6 +113,8 @@ class Settings(BaseSettings):
     fhir_patient_system: str = Field(
         d.FHIR_PATIENT_SYSTEM, min_length=1, description="identifier system of the patient ids in FHIR references"
     )
+    fhir_token: SecretStr | None = Field(None, description="bearer token for `export fhir --to` (never on the CLI)")
+    fhir_timeout_s: float = Field(d.FHIR_TIMEOUT_S, gt=0, description="one transaction POST to the FHIR server")
     # Guard against slow memory growth in long-lived pool children (TensorFlow, image decoders).
     worker_max_memory_per_child_mb: int = Field(
         d.WORKER_MAX_MEMORY_PER_CHILD_MB,
@@ -165,6 +170,11 @@ class Settings(BaseSettings):
         roots = self.allowed_input_roots()
         return (roots[0] if roots else self.results_dir) / "dicom-received"
 
+    def beat_schedule_path(self) -> Path:
+        """Beat's state file: ``beat_schedule_file``, else in this deployment's results directory (so two
+        deployments on one host never share one, as they did with a fixed file under /tmp)."""
+        return self.beat_schedule_file or self.results_dir / "celerybeat-schedule"
+
     def modality_list(self) -> tuple[str, ...]:
         """:attr:`imaging_modalities` as upper-case codes."""
         return tuple(m.strip().upper() for m in self.imaging_modalities.split(",") if m.strip())
@@ -182,7 +192,7 @@ class Settings(BaseSettings):
             raise ValueError("llm_provider must be auto, openai or offline")
         return value
 
-    @field_validator("nightly_inbox", "dicom_inbox", mode="before")
+    @field_validator("nightly_inbox", "dicom_inbox", "beat_schedule_file", mode="before")
     @classmethod
     def _blank_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value

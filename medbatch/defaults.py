@@ -107,6 +107,8 @@ SUMMARY_HOUR = 7
 # --- FHIR (every result for the EHR) --------------------------------------------------------------
 #: Identifier system of the patient ids the inputs carry (set it to the hospital's MRN system URI).
 FHIR_PATIENT_SYSTEM = "urn:medbatch:patient-id"
+#: Seconds one transaction POST of ``export fhir --to`` may take.
+FHIR_TIMEOUT_S = 120.0
 
 # --- PACS (DICOMweb pull, C-STORE listener, findings back as DICOM) -------------------------------
 #: Seconds one DICOMweb request may take before the PACS counts as unavailable.

@@ -99,3 +99,11 @@ class PacsUnavailable(RetryableError):
 
 class PacsRefused(PermanentError):
     """A PACS answered and refused a request or an object; the message carries its reason."""
+
+
+class FhirServerUnavailable(RetryableError):
+    """A FHIR server (``export fhir --to``) could not be reached, timed out or answered 5xx/429: try again later."""
+
+
+class FhirServerRefused(PermanentError):
+    """A FHIR server answered and refused a transaction; the message carries its status and reason."""

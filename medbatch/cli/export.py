@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
 from medbatch.cli._common import EXIT_FAILED, app, err, out, ready_db, with_exit_codes
-from medbatch.config import get_settings
+from medbatch.config import get_settings, redact_url
 from medbatch.errors import InvalidInput
 from medbatch.producer.identity import whoami
 
@@ -22,18 +23,29 @@ app.add_typer(export_app, name="export")
 def fhir(
     job_id: Annotated[int, typer.Argument(help="Job id.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the NDJSON files (made if missing).")],
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="FHIR server base URL: also POST the files as transaction Bundles (PUT by id)."),
+    ] = None,
 ) -> None:
     """Write a finished job's results as FHIR R4B Bulk Data NDJSON (one file per resource type) and print the
     manifest. Patients are referred to by identifier (MEDBATCH_FHIR_PATIENT_SYSTEM); the same job exported
-    again gives identical files."""
+    again gives identical files. --to sends them too (bearer token: MEDBATCH_FHIR_TOKEN)."""
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
     from medbatch.interop.fhir.export import export_job
 
+    settings = get_settings()
+    if to is not None:
+        parts = urlsplit(to)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidInput(f"--to must be an http(s) FHIR base URL, not {redact_url(to)!r}")
+        if parts.username or parts.password:
+            raise InvalidInput("--to carries credentials: put a bearer token in MEDBATCH_FHIR_TOKEN instead")
     url = ready_db()
     with session_scope(url) as s:
         try:
-            manifest = export_job(s, job_id, output, patient_system=get_settings().fhir_patient_system)
+            manifest = export_job(s, job_id, output, patient_system=settings.fhir_patient_system)
         except OSError as exc:
             raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
     stats = manifest["extension"]["medbatch"]
@@ -54,3 +66,11 @@ def fhir(
     if stats["invalid"]:
         err.print(f"[bold red]error:[/] {stats['invalid']} results failed validation: see OperationOutcome.ndjson")
         raise typer.Exit(EXIT_FAILED)
+    if to is not None:
+        from medbatch.interop.fhir.push import send
+
+        token = settings.fhir_token.get_secret_value() if settings.fhir_token else None
+        sent = send(output, to, token=token, timeout_s=settings.fhir_timeout_s)
+        with session_scope(url) as s:
+            repo.audit(s, actor=whoami(), action="export", job_id=job_id, detail={"what": "fhir-post", **sent})
+        err.print(f"{sent['entries']} resources sent to {redact_url(to)} in {sent['bundles']} transaction Bundles")

@@ -17,6 +17,7 @@ from medbatch.interop.fhir import checks
 from medbatch.producer.submit import submit_images, submit_records, submit_reports
 from medbatch.producer.synthetic import write_patients, write_xrays
 from tests.conftest import register_xray, run_cli, wait_for_job
+from tests.fakes.fhir_server import FakeFhirServer
 
 pytestmark = pytest.mark.integration
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -129,6 +130,18 @@ def test_risk_treatment_and_report_jobs_export_as_valid_identical_fhir(
     assert {k: v for k, v in _files(tmp_path / "elsewhere").items() if k.endswith(".ndjson")} == {
         k: v for k, v in before.items() if k.endswith(".ndjson")}  # fmt: skip
     assert again["extension"]["medbatch"]["exported"] == 30
+    # --to also sends them, as transaction Bundles, to a FHIR server (a local one this test starts)
+    with FakeFhirServer() as server:
+        pushed = run_cli({**env, "MEDBATCH_FHIR_TOKEN": "t0ken"}, "export", "fhir", str(report.job_id),
+                         "-o", str(out["report"]), "--to", server.url)  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+        assert "9 resources sent" in pushed.stderr and "t0ken" not in pushed.stderr + pushed.stdout
+        assert len(server.stored) == 9 and server.headers[0]["Authorization"] == "Bearer t0ken"
+        assert {k: json.dumps(v) for k, v in server.stored.items()} == {
+            f"{x['resourceType']}/{x['id']}": json.dumps(x) for rs in got["report"].values() for x in rs}  # fmt: skip
+    creds = run_cli(env, "export", "fhir", str(report.job_id), "-o", str(out["report"]),
+                    "--to", "https://user:pw@ehr.example/fhir")  # fmt: skip
+    assert creds.returncode == 2 and "MEDBATCH_FHIR_TOKEN" in creds.stderr and "pw@" not in creds.stderr
 
 
 def test_unknown_and_unfinished_jobs_are_refused(db_url, service_env, tmp_path):
