@@ -8,8 +8,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from medbatch import molecule_metrics
 from medbatch.config import get_settings, redact_url
 from medbatch.errors import MedbatchError
+from medbatch.progress import job_progress
 
 
 def _xray_demo(settings, workdir: Path, send, env: dict, started: list, app, console: Console):
@@ -18,9 +20,8 @@ def _xray_demo(settings, workdir: Path, send, env: dict, started: list, app, con
     The model is registered inactive and the job pins it, so a later ``medbatch submit xray`` never
     picks a demo model trained on generated images.
     """
-    from medbatch.db import repository as repo
-    from medbatch.db.session import session_scope
-    from medbatch.ml import registry, xray
+    from medbatch import training
+    from medbatch.ml import xray
     from medbatch.producer.submit import submit_images
     from medbatch.producer.synthetic import write_xrays
     from medbatch.worker.processes import start_worker, wait_until_ready
@@ -35,27 +36,22 @@ def _xray_demo(settings, workdir: Path, send, env: dict, started: list, app, con
         "(generated shapes, for the demo only: not a medical model) ..."
     )
     config = xray.XrayConfig(input_size=64, filters=(8, 16, 32), dense_units=64, epochs=8, learning_rate=3e-3)
-    trained = xray.train_xray(train_dir, config=config, seed=0)
-    path = registry.save_versioned(
-        lambda d: xray.save_model(trained.keras_model, trained.meta, d), Path(settings.model_dir), "xray-demo"
+    done = training.train_xray(
+        settings.database_url,
+        train_dir,
+        model_dir=Path(settings.model_dir),
+        config=config,
+        seed=0,
+        stem="xray-demo",
+        training_source="SYNTHETIC demo images (not for clinical use)",
+        activate=False,
     )
-    xray.write_card(trained, path)
-    version = registry.file_version(path)
-    test = trained.meta["metrics"]["test"]
+    version = done.version
+    test = done.trained.meta["metrics"]["test"]
     console.print(
         f"  held-out synthetic test: AUC {test['auc']}, sensitivity {test['sensitivity']}, "
         f"specificity {test['specificity']} (n={test['n']}; easy synthetic data, says nothing about real X-rays)"
     )
-    with session_scope(settings.database_url) as s:
-        repo.register_model(
-            s,
-            name="xray",
-            version=version,
-            uri=str(path.resolve()),
-            metrics=trained.meta["metrics"],
-            training_source="SYNTHETIC demo images (not for clinical use)",
-            activate=False,
-        )
     night = workdir / "xray-night-SYNTHETIC"
     write_xrays(night, 8, size=400, seed=2, split="inbox", formats=("png", "jpeg", "dicom"))
     (night / "readme.txt").write_text("not an image: the demo shows how a stray file is reported\n")
@@ -77,22 +73,6 @@ def _molecules_demo(settings, workdir: Path, send, env: dict, started: list, app
     return submit_molecules(database_url=settings.database_url, send=send, count=count, seed=0, batch_size=100)
 
 
-def _molecule_metrics_line(metrics: dict | None) -> str:
-    if not metrics:
-        return "    metrics: not computed"
-    ref = metrics.get("reference") or {}
-
-    def f(v) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
-    return (
-        f"    {metrics['generated']} generated, {metrics['valid']} valid, {metrics['unique']} unique "
-        f"({metrics['duplicates']} duplicates): validity {f(metrics['validity'])} (MOSES CharRNN "
-        f"{f(ref.get('validity'))}), novelty {f(metrics['novelty'])} ({f(ref.get('novelty'))}), "
-        f"IntDiv {f(metrics['intdiv'])}, filters {f(metrics['filters'])} ({f(ref.get('filters'))})"
-    )
-
-
 def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int = 200) -> int:
     """Run the demo; returns the process exit code (0 when every job finished)."""
     from medbatch.db import repository as repo
@@ -100,6 +80,7 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
     from medbatch.db.session import session_scope
     from medbatch.db.tables import FINISHED_JOB
     from medbatch.export import ERROR_COLUMNS, RESULT_COLUMNS, result_columns, write_rows
+    from medbatch.jobs import wait_for_job
     from medbatch.producer.send import celery_sender
     from medbatch.producer.submit import submit_records, submit_reports
     from medbatch.producer.synthetic import write_patients
@@ -140,9 +121,13 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
             )
             jobs.append(summary)
 
-        from medbatch.cli.jobs import _wait
+        def wait(job_id: int) -> dict:
+            with job_progress(console, job_id) as on_progress:
+                return wait_for_job(
+                    settings.database_url, job_id, timeout_s=600, on_progress=on_progress, measure_missing=True
+                )
 
-        finals = [_wait(settings.database_url, s.job_id, timeout_s=600) for s in jobs]
+        finals = [wait(s.job_id) for s in jobs]
         # The demo spends nothing: offline templates unless a provider is chosen explicitly.
         provider = "offline" if settings.llm_provider == "auto" else settings.resolved_llm_provider()
         console.print(f"drafting reports for the first 20 patients of job {jobs[0].job_id} ({provider} provider)")
@@ -156,14 +141,14 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
             limit=20,
         )
         jobs.append(report)
-        finals.append(_wait(settings.database_url, report.job_id, timeout_s=600))
+        finals.append(wait(report.job_id))
         xray_job = _xray_demo(settings, workdir, send, env, started, app, console)
         jobs.append(xray_job)
-        finals.append(_wait(settings.database_url, xray_job.job_id, timeout_s=600))
+        finals.append(wait(xray_job.job_id))
         if molecules > 0:
             molecule_job = _molecules_demo(settings, workdir, send, env, started, app, console, molecules)
             jobs.append(molecule_job)
-            finals.append(_wait(settings.database_url, molecule_job.job_id, timeout_s=600))
+            finals.append(wait(molecule_job.job_id))
         table = Table(
             "job",
             "workload",
@@ -209,7 +194,7 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
                 )
             if s.workload == "molecules":
                 with session_scope(settings.database_url) as sess:
-                    files.append(_molecule_metrics_line(repo.get_job(sess, s.job_id).metrics))
+                    files.append("    " + molecule_metrics.one_line(repo.get_job(sess, s.job_id).metrics))
             if c["status"] not in FINISHED_JOB:
                 code = 1
         console.print(table)

@@ -19,7 +19,6 @@ run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -36,7 +35,9 @@ from medbatch.db.repository import inbox as ledger
 from medbatch.db.session import session_scope
 from medbatch.db.tables import FINISHED_JOB
 from medbatch.errors import BrokerUnavailable, InvalidInput, MedbatchError
+from medbatch.jobs import is_finished, wait_for_jobs
 from medbatch.ml import images
+from medbatch.ml.artifacts import file_sha256
 from medbatch.producer import submit
 from medbatch.producer.paths import check_input_path
 from medbatch.producer.records import read_header
@@ -101,11 +102,7 @@ def night_window(night: date, tz: str = "UTC") -> tuple[datetime, datetime]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def _classify(path: Path, inbox: Path) -> tuple[str | None, str | None]:
@@ -404,21 +401,21 @@ def _xray_job_since(session, since: datetime) -> int | None:
 
 
 def _wait_for(outcome: NightlyOutcome, database_url: str, *, timeout_s: float, poll_s: float, progress) -> None:
-    deadline = time.monotonic() + timeout_s
     pending = {j["job_id"] for j in outcome.jobs}
     last = ""
-    while pending and time.monotonic() < deadline:
-        with session_scope(database_url) as s:
-            counts = {j: repo.job_counts(s, j) for j in pending}
-        pending = {j for j, c in counts.items() if c["status"] not in FINISHED_JOB}
+
+    def report(latest: dict[int, dict]) -> None:  # one line over the jobs still running at the last look
+        nonlocal pending, last
+        counts = {j: c for j, c in latest.items() if j in pending}
+        pending = {j for j, c in counts.items() if not is_finished(c)}
         line = ", ".join(
             f"job {j}: {c['items_done'] + c['items_failed']}/{c['items_total']}" for j, c in counts.items()
         )
         if line != last:
             progress(f"  waiting: {line}")
             last = line
-        if pending:
-            time.sleep(poll_s)
+
+    wait_for_jobs(database_url, sorted(pending), timeout_s=timeout_s, poll_s=poll_s, on_progress=report)
 
 
 def _judge(outcome: NightlyOutcome, database_url: str, *, waited: bool) -> None:

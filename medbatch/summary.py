@@ -19,6 +19,7 @@ from medbatch.db import repository as repo
 from medbatch.db.repository import morning as q
 from medbatch.db.session import session_scope
 from medbatch.ml.moses import MOSES_CHARRNN
+from medbatch.molecule_metrics import METRIC_KEYS, figures
 
 
 def collect(database_url: str, night: date, tz: str = "UTC") -> dict[str, Any]:
@@ -289,10 +290,9 @@ def render(data: dict[str, Any]) -> str:
     molecule_jobs = [j for j in jobs if j["workload"] == "molecules" and j.get("metrics")]
     if molecule_jobs:
         parts.append("<h2>Generated molecules</h2>")
-        keys = ["validity", "unique@1k", "unique@10k", "novelty", "intdiv", "filters"]
-        rows = [[_e(f"job {j['job_id']}")] + [_e(_fmt(j["metrics"].get(k))) for k in keys] for j in molecule_jobs]
-        rows.append(["MOSES CharRNN (reference)"] + [_e(_fmt(MOSES_CHARRNN.get(k))) for k in keys])
-        parts.append(_table(["", *keys], rows))
+        rows = [[_e(f"job {j['job_id']}")] + [_e(v) for v in figures(j["metrics"])] for j in molecule_jobs]
+        rows.append(["MOSES CharRNN (reference)"] + [_e(v) for v in figures(MOSES_CHARRNN)])
+        parts.append(_table(["", *METRIC_KEYS], rows))
     parts.append("<h2>Models used</h2>")
     parts.append(
         _table(
@@ -336,12 +336,6 @@ def render(data: dict[str, Any]) -> str:
         )
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def write_night(database_url: str, night: date, out_dir: Path, tz: str = "UTC") -> Path:

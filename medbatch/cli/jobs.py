@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -21,71 +20,15 @@ from medbatch.cli._common import (
 )
 from medbatch.config import get_settings
 from medbatch.errors import InvalidInput
+from medbatch.jobs import job_status, wait_for_job
 from medbatch.producer.identity import whoami
+from medbatch.progress import job_progress
 
 
-def _counts(url: str, job_id: int) -> dict:
-    from medbatch.db import repository as repo
-    from medbatch.db.session import session_scope
-    from medbatch.db.tables import FINISHED_JOB
-
-    with session_scope(url) as s:
-        counts = repo.job_counts(s, job_id)
-        if counts["workload"] in ("risk", "treatment", "xray"):
-            counts["labels"] = {str(k): v for k, v in repo.label_counts(s, job_id).items()}
-    if counts["workload"] == "molecules" and counts["status"] in FINISHED_JOB and counts.get("metrics") is None:
-        # The worker that finished the job died before measuring it: measure it now (idempotent).
-        from medbatch.pipeline.molecules import finalize_job
-
-        counts["metrics"] = finalize_job(url, job_id)
-    return counts
-
-
-#: Seconds without progress before `--wait` reminds the user that a worker must be running.
-NO_PROGRESS_HINT_S = 30.0
-
-
-def _wait(url: str, job_id: int, *, quiet: bool = False, poll_s: float = 1.0, timeout_s: float | None = None) -> dict:
-    """Poll the job until it finishes (or ``timeout_s``), with a progress bar on a terminal."""
-    from contextlib import nullcontext
-
-    from medbatch.db.tables import FINISHED_JOB
-
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    show = not quiet and err.is_terminal
-    counts = _counts(url, job_id)
-    last_done, last_change, hinted = -1, time.monotonic(), False
-    if show:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(
-            TextColumn(f"job {job_id}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[s]}"),
-            TimeElapsedColumn(),
-            console=err,
-        )
-    with bar if show else nullcontext():
-        task = bar.add_task("", total=counts["items_total"] or 1, s=counts["status"]) if show else None
-        while counts["status"] not in FINISHED_JOB and (deadline is None or time.monotonic() < deadline):
-            time.sleep(poll_s)
-            counts = _counts(url, job_id)
-            done = counts["items_done"] + counts["items_failed"]
-            if show:
-                bar.update(task, total=counts["items_total"] or 1, completed=done, s=counts["status"])
-            if done != last_done:
-                last_done, last_change = done, time.monotonic()
-            elif not hinted and not quiet and time.monotonic() - last_change > NO_PROGRESS_HINT_S:
-                from medbatch.worker.routing import route_for
-
-                queue = route_for(counts["workload"]).queue
-                err.print(
-                    f"[yellow]no progress for {NO_PROGRESS_HINT_S:.0f}s:[/] is a worker consuming the "
-                    f"'{queue}' queue? Start one with `medbatch worker -Q {queue}`."
-                )
-                hinted = True
-    return counts
+def follow(url: str, job_id: int, *, quiet: bool = False) -> dict:
+    """Wait until the job finishes (``--wait``, ``--watch``), with a progress bar on a terminal."""
+    with job_progress(err, job_id, quiet=quiet) as on_progress:
+        return wait_for_job(url, job_id, on_progress=on_progress, measure_missing=True)
 
 
 def _print_status(c: dict) -> None:
@@ -127,28 +70,16 @@ def _print_status(c: dict) -> None:
 
 def _add_molecule_metrics(table: Table, m: dict) -> None:
     """Job metrics beside the MOSES CharRNN row."""
+    from medbatch import molecule_metrics as mm
 
-    def f(v) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
-    ref = m.get("reference") or {}
-    table.add_row(
-        "molecules",
-        f"{m['generated']} generated · {m['valid']} valid · {m['unique']} unique · {m['duplicates']} duplicates",
-    )
-    keys = ("validity", "unique@1k", "unique@10k", "novelty", "intdiv", "filters")
-    table.add_row("metric", "   ".join(f"{k:>10}" for k in keys))
-    table.add_row("this job", "   ".join(f"{f(m.get(k)):>10}" for k in keys))
-    table.add_row("MOSES CharRNN", "   ".join(f"{f(ref.get(k)) if k in ref else '-':>10}" for k in keys))
-    used = (m.get("unique@k_used") or {}).get("10k")
-    if used is not None and used < 10_000:
-        k = "unique@1k and unique@10k are" if used < 1000 else "unique@10k is"
-        table.add_row("note", f"{k} over the {used} valid molecules there are (fewer than k; as MOSES does)")
-    table.add_row(
-        "properties",
-        f"QED mean {f(m.get('qed_mean'))} · SA mean {f(m.get('sa_mean'))} · Lipinski pass {f(m.get('lipinski_pass'))}"
-        f" · PAINS-free {f(m.get('pains_free'))} (unique valid molecules)",
-    )
+    table.add_row("molecules", mm.counts(m))
+    table.add_row("metric", "   ".join(f"{k:>10}" for k in mm.METRIC_KEYS))
+    table.add_row("this job", "   ".join(f"{v:>10}" for v in mm.figures(m)))
+    table.add_row("MOSES CharRNN", "   ".join(f"{v:>10}" for v in mm.figures(m.get("reference"))))
+    note = mm.fewer_than_k_note(m)
+    if note:
+        table.add_row("note", note)
+    table.add_row("properties", f"{mm.properties(m)} (unique valid molecules)")
 
 
 @app.command()
@@ -183,7 +114,7 @@ def status(
             )
         out.print(table)
         return
-    counts = _wait(url, job_id, quiet=as_json) if watch else _counts(url, job_id)
+    counts = follow(url, job_id, quiet=as_json) if watch else job_status(url, job_id, measure_missing=True)
     if as_json:
         out.print_json(json.dumps(counts))
     else:

@@ -33,7 +33,10 @@ def beat() -> None:
     """Run Celery beat: the reconciler every MEDBATCH_RECONCILE_INTERVAL_S (one beat per deployment)."""
     from medbatch.worker.app import app as celery_app
 
-    celery_app.Beat(loglevel=get_settings().log_level, schedule="/tmp/medbatch-beat-schedule").run()
+    settings = get_settings()
+    schedule = settings.beat_schedule_path()
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    celery_app.Beat(loglevel=settings.log_level, schedule=str(schedule)).run()
 
 
 @db_app.command("upgrade")

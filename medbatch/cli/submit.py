@@ -21,6 +21,7 @@ from medbatch.cli._common import (
     sender,
     with_exit_codes,
 )
+from medbatch.cli.jobs import follow
 from medbatch.config import get_settings
 
 submit_app = typer.Typer(help="Stage inputs as a job and queue its batches.", no_args_is_help=True)
@@ -85,9 +86,7 @@ def _after_submit(summary, url: str, as_json: bool, wait: bool) -> None:
         for w in summary.warnings:
             err.print(f"[yellow]warning:[/] {w}")
     if wait:
-        from medbatch.cli.jobs import _wait
-
-        final = _wait(url, summary.job_id, quiet=as_json)
+        final = follow(url, summary.job_id, quiet=as_json)
         if as_json:
             out.print_json(json.dumps({**summary.as_dict(), "final": final}))
         else:

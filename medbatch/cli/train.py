@@ -19,7 +19,6 @@ from medbatch.cli._common import (
 )
 from medbatch.config import get_settings
 from medbatch.errors import InvalidInput
-from medbatch.producer.identity import whoami
 
 train_app = typer.Typer(help="Train a model, evaluate it on held-out data and register it.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -84,7 +83,8 @@ def train_xray(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train the article's X-ray CNN, report held-out AUC/sensitivity/specificity and register it."""
-    from medbatch.ml import registry, xray
+    from medbatch import training
+    from medbatch.ml import xray
 
     url = ready_db()
     try:
@@ -104,8 +104,10 @@ def train_xray(
         ) from None
     if not isinstance(chosen, str) and not 0 < chosen < 1:
         raise InvalidInput("--threshold must be between 0 and 1 (or youden)")
-    trained = xray.train_xray(
+    done = training.train_xray(
+        url,
         data_dir,
+        model_dir=Path(out_dir or get_settings().model_dir),
         config=config,
         seed=seed,
         holdout_fraction=holdout,
@@ -113,10 +115,7 @@ def train_xray(
         threads=get_settings().imaging_decode_threads,
         log=lambda m: err.print(m, highlight=False),
     )
-    directory = Path(out_dir or get_settings().model_dir)
-    path = registry.save_versioned(lambda d: xray.save_model(trained.keras_model, trained.meta, d), directory, "xray")
-    card = xray.write_card(trained, path)
-    version = _register_trained(url, "xray", path, trained.meta["metrics"], trained.meta["training_data"]["root"])
+    trained, path, version, card = done.trained, done.path, done.version, done.card
     test = trained.meta["metrics"]["test"]
     err.print(f"saved {path} (version {version}), registered as the active xray model; card {card}")
     out.print_json(
@@ -158,22 +157,22 @@ def train_molecules(
     seed: Annotated[int, typer.Option(help="Random seed (subset, weights, evaluation samples).")] = 0,
 ) -> None:
     """Train the SMILES CharRNN on the MOSES training set, measure it (MOSES metrics) and register it."""
-    from medbatch.ml import molecules, registry
+    from medbatch import training
+    from medbatch.ml import molecules
 
     url = ready_db()
-    trained = molecules.train_on_moses(
+    done = training.train_molecules(
+        url,
+        model_dir=Path(out_dir or get_settings().model_dir),
+        config=molecules.MolConfig(units=units, layers=layers, learning_rate=learning_rate, batch_size=batch_size),
         subset=subset or None,
         epochs=epochs,
         seed=seed,
-        config=molecules.MolConfig(units=units, layers=layers, learning_rate=learning_rate, batch_size=batch_size),
         eval_samples=eval_samples,
         time_budget_s=None if time_budget_min is None else time_budget_min * 60,
         log=lambda m: err.print(m, highlight=False),
     )
-    directory = Path(out_dir or get_settings().model_dir)
-    path = registry.save_versioned(lambda d: molecules.save_model(trained, d), directory, "molecules")
-    card = molecules.write_card(trained, path)
-    version = _register_trained(url, "molecules", path, trained.meta["metrics"], trained.meta["training_source"])
+    trained, path, version, card = done.trained, done.path, done.version, done.card
     err.print(f"saved {path} (version {version}), registered as the active molecules model; card {card}")
     out.print_json(
         json.dumps(
@@ -189,44 +188,24 @@ def train_molecules(
     )
 
 
-def _register_trained(url: str, name: str, path: Path, metrics: dict, source: str) -> str:
-    """Register a freshly saved artifact as the active ``name`` model and audit the training; returns its version."""
-    from medbatch.db import repository as repo
-    from medbatch.db.session import session_scope
-    from medbatch.ml import registry
-
-    version = registry.file_version(path)
-    with session_scope(url) as s:
-        repo.register_model(
-            s, name=name, version=version, uri=str(path.resolve()), metrics=metrics, training_source=source
-        )
-        repo.audit(s, actor=whoami(), action="train", detail={"model": name, "version": version, "source": source})
-    return version
-
-
 def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, out_dir: Path | None, seed: int) -> None:
-    from medbatch.ml import registry, tabular
+    from medbatch import training
 
     url = ready_db()
-    if csv_file is not None:
-        frame = tabular.load_training_csv(csv_file, name, target)
-        source = str(csv_file.resolve())
-    else:
-        loaders = {"nhefs": tabular.load_nhefs, "framingham": tabular.load_framingham}
-        if dataset not in loaders:
-            raise InvalidInput(f"unknown dataset {dataset!r}; choose {', '.join(loaders)} or give a CSV")
-        frame, source = loaders[dataset](), dataset
-    err.print(f"training {name} on {len(frame)} rows from {source} ...")
-    trainer = tabular.train_risk if name == "risk" else tabular.train_treatment
-    trained = trainer(frame, seed=seed)
-    directory = out_dir or get_settings().model_dir
-    path = registry.save_versioned(
-        lambda d: tabular.save_model(trained, d, training_source=source), Path(directory), name
+    done = training.train_tabular(
+        url,
+        name,
+        model_dir=Path(out_dir or get_settings().model_dir),
+        csv_file=csv_file,
+        target=target,
+        dataset=dataset,
+        seed=seed,
+        log=err.print,
     )
-    version = _register_trained(url, name, path, trained.metrics, source)
+    trained, path, version = done.trained, done.path, done.version
     m = trained.metrics
     err.print(f"saved {path} (version {version}), registered as the active {name} model")
-    err.print(f"model card: {path.with_suffix('.card.md')}")
+    err.print(f"model card: {done.card}")
     headline = ("auc", "accuracy", "balanced_accuracy", "brier", "sensitivity", "specificity")
     summary = {
         "name": name,

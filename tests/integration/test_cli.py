@@ -193,3 +193,34 @@ def test_submit_molecules_takes_its_batch_size_from_the_settings(service_env):
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert (summary["items_staged"], summary["batches"]) == (20, 3)
+
+
+def test_beat_keeps_its_schedule_in_its_own_deployment(service_env, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from medbatch.config import Settings
+
+    # Given two deployments on one host, each with its own results directory
+    a, b = (Settings(results_dir=tmp_path / d).beat_schedule_path() for d in ("a", "b"))
+    assert a != b and a.parent == tmp_path / "a"
+    assert Settings(beat_schedule_file=tmp_path / "s").beat_schedule_path() == tmp_path / "s"
+    # When beat starts in one of them
+    results = tmp_path / "results"
+    beat = subprocess.Popen(
+        [sys.executable, "-m", "medbatch.cli", "beat"],
+        env={**os.environ, **service_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(results.glob("celerybeat-schedule*")) and beat.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # Then its schedule file is in that deployment's results directory, not a fixed one under /tmp
+        assert list(results.glob("celerybeat-schedule*")), beat.stderr.read() if beat.poll() is not None else ""
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import socket
 import subprocess
 import sys
 
 import pytest
+from rich.console import Console
 
 from medbatch.worker.embedded import redis_reachable
 
@@ -68,3 +70,48 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     )
     assert any(m["name"] == "xray" and not m["active"] for m in __import__("json").loads(models.stdout))
     assert not redis_reachable(broker, 0.5)
+
+
+def test_demo_reports_a_database_lost_while_waiting_through_its_own_handler(tmp_path, redis_url, monkeypatch):
+    # Given the demo on a PostgreSQL of this test's own, which goes down when the demo first waits for a job
+    from medbatch.config import get_settings
+    from medbatch.db import repository as repo
+    from medbatch.db.session import dispose_engines
+    from medbatch.demo import run_demo
+    from tests.conftest import need
+    from tests.services import postgres_binaries_missing, start_private_postgres
+
+    why = postgres_binaries_missing()
+    if why:
+        need("PostgreSQL server binaries", why)
+    server = start_private_postgres()
+    real_job_counts = repo.job_counts
+    lost = []
+
+    def job_counts_after_an_outage(session, job_id):
+        if not lost:
+            server.stop("immediate")
+            lost.append(job_id)
+        return real_job_counts(session, job_id)
+
+    monkeypatch.setattr(repo, "job_counts", job_counts_after_an_outage)
+    for name, value in {
+        "MEDBATCH_BROKER_URL": redis_url,
+        "MEDBATCH_DATABASE_URL": server.url,
+        "MEDBATCH_MODEL_DIR": str(tmp_path / "models"),
+        "MEDBATCH_RESULTS_DIR": str(tmp_path / "results"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    console = Console(file=io.StringIO(), width=200)
+    try:
+        # When it runs
+        code = run_demo(workdir=tmp_path / "demo", patients=20, console=console, molecules=0)
+    finally:
+        get_settings.cache_clear()
+        dispose_engines()
+        server.remove()
+    # Then its own handler says so and it exits 1 (no typer.Exit escaping from a CLI helper), workers stopped
+    said = console.file.getvalue()
+    assert lost and code == 1, said
+    assert "demo failed: database unavailable" in said

@@ -7,9 +7,9 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from medbatch.db import repository as repo
+from medbatch import jobs
 from medbatch.db.session import session_scope
-from medbatch.db.tables import FINISHED_JOB, Item, ItemStatus, Result
+from medbatch.db.tables import Item, ItemStatus, Result
 from medbatch.producer.recovery import reconcile
 from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
@@ -46,14 +46,13 @@ def test_worker_killed_three_times_mid_job(db_url, sender, start_worker, tmp_pat
     # messages (kombu checks only every ~100 s once the visibility timeout has passed), and the
     # periodic reconciler re-sends batches stuck past its deadline (every 5 s here, as beat would).
     # Either way, nothing may be doubled.
-    deadline = time.monotonic() + 180
-    while True:
-        with session_scope(db_url) as s:
-            counts = repo.job_counts(s, summary.job_id)
-        if counts["status"] in FINISHED_JOB or time.monotonic() > deadline:
-            break
-        reconcile(database_url=db_url, send=sender, older_than_s=5)
-        time.sleep(5)
+    counts = jobs.wait_for_job(
+        db_url,
+        summary.job_id,
+        timeout_s=180,
+        poll_s=5,
+        on_progress=lambda c: jobs.is_finished(c) or reconcile(database_url=db_url, send=sender, older_than_s=5),
+    )
     # Then every item ends with exactly one result
     with session_scope(db_url) as s:
         results = s.scalar(select(func.count()).select_from(Result).where(Result.job_id == summary.job_id))

@@ -1,0 +1,93 @@
+"""Application services over jobs once they are submitted: how a job stands, and waiting for jobs to finish.
+
+The command line (``status``, ``--wait``), the demo, the nightly run and the tests call these; none of them
+polls the database in a loop of its own. Plain functions over the database URL: no Celery, no console.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+#: Seconds between two looks at the database while waiting.
+DEFAULT_POLL_S = 1.0
+
+
+def job_status(database_url: str, job_id: int, *, measure_missing: bool = False) -> dict:
+    """The counts of a job by state (``repository.job_counts``), its result labels for the classifying
+    workloads, and a molecule job's metrics. With ``measure_missing``, a finished molecule job whose worker
+    died before measuring it is measured now (idempotent; ``medbatch status`` does this, tests do not, so a
+    worker that forgets its metrics is caught).
+
+    Raises:
+        NotFound: no such job.
+        DatabaseUnavailable: the database could not be reached.
+    """
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.db.tables import FINISHED_JOB
+
+    with session_scope(database_url) as s:
+        counts = repo.job_counts(s, job_id)
+        if counts["workload"] in ("risk", "treatment", "xray"):
+            counts["labels"] = {str(k): v for k, v in repo.label_counts(s, job_id).items()}
+    if (
+        measure_missing
+        and counts["workload"] == "molecules"
+        and counts["status"] in FINISHED_JOB
+        and counts.get("metrics") is None
+    ):
+        from medbatch.pipeline.molecules import finalize_job
+
+        counts["metrics"] = finalize_job(database_url, job_id)
+    return counts
+
+
+def is_finished(counts: dict) -> bool:
+    """True once the job is in a final state (completed, completed with errors, failed, cancelled)."""
+    from medbatch.db.tables import FINISHED_JOB
+
+    return counts["status"] in FINISHED_JOB
+
+
+def wait_for_jobs(
+    database_url: str,
+    job_ids: Iterable[int],
+    *,
+    timeout_s: float | None = None,
+    poll_s: float = DEFAULT_POLL_S,
+    on_progress: Callable[[dict[int, dict]], object] | None = None,
+    measure_missing: bool = False,
+) -> dict[int, dict]:
+    """Look at the jobs every ``poll_s`` until every one has finished or ``timeout_s`` has passed (None: no limit).
+
+    ``on_progress`` gets the latest status of every job (``{job_id: job_status}``) after each look, the last
+    one included. Returns that same mapping; a job still unfinished at the timeout is returned as it stood
+    (check :func:`is_finished`). ``measure_missing`` as for :func:`job_status`.
+    """
+    ids = list(dict.fromkeys(job_ids))
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        latest = {job_id: job_status(database_url, job_id, measure_missing=measure_missing) for job_id in ids}
+        if on_progress is not None:
+            on_progress(latest)
+        if all(is_finished(c) for c in latest.values()) or (deadline is not None and time.monotonic() >= deadline):
+            return latest
+        time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+
+
+def wait_for_job(
+    database_url: str,
+    job_id: int,
+    *,
+    timeout_s: float | None = None,
+    poll_s: float = DEFAULT_POLL_S,
+    on_progress: Callable[[dict], object] | None = None,
+    measure_missing: bool = False,
+) -> dict:
+    """:func:`wait_for_jobs` for one job: ``on_progress`` gets its status after each look; returns the last one."""
+    report = None if on_progress is None else (lambda latest: on_progress(latest[job_id]))
+    latest = wait_for_jobs(
+        database_url, [job_id], timeout_s=timeout_s, poll_s=poll_s, on_progress=report, measure_missing=measure_missing
+    )
+    return latest[job_id]
