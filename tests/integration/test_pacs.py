@@ -69,6 +69,7 @@ def pacs(orthanc) -> Orthanc:
 
 def generated_study(tmp: Path, names: list[tuple[str, int]], *, seed: int = 3) -> tuple[list[bytes], str]:
     """CR instances (one per (patient name, label)) in one new study, and a CT instance in the same study."""
+    tmp.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     study = pydicom.uid.generate_uid()
     series = pydicom.uid.generate_uid()
