@@ -1,9 +1,10 @@
 """The ``medbatch`` command line. Importing it must stay light: no TensorFlow, no model loading.
 
 One module per command group; each registers its commands on the one ``app`` of ``_common.py`` when
-imported. To add a group, write ``medbatch/cli/<group>.py`` (``from medbatch.cli._common import app``,
-commands decorated with ``@app.command()`` or a sub-``typer.Typer`` added with ``app.add_typer``) and add
-its name to ``GROUPS`` below: that one line is the whole registration. Help lists commands in this order.
+imported. To add a group, write ``medbatch/cli/<group>.py`` (``from medbatch.cli._common import app,
+with_exit_codes``; each command decorated ``@app.command()`` (or on a sub-``typer.Typer`` added with
+``app.add_typer``) and then ``@with_exit_codes``, raising errors of ``medbatch.errors`` rather than exiting)
+and add its name to ``GROUPS`` below: that one line is the whole registration. Help lists groups in order.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def database_error(exc: BaseException) -> DatabaseUnavailable | None:
 def with_exit_codes(command: F) -> F:
     """Run ``command`` so that an error of the tree (or an unreachable database) ends it with one line on stderr
     and the exit code of the map above, never a traceback. Every command of this package wears it, under its
-    ``@app.command()``; ``tests/integration/test_cli.py`` checks that none is missing.
+    ``@app.command()``; ``tests/unit/test_cli_exit_codes.py`` checks that none is missing.
     """
 
     @functools.wraps(command)
