@@ -61,7 +61,7 @@ class MoleculeGenerator:
 
     @property
     def max_tokens(self) -> int:
-        return int(self.meta.get("config", {}).get("max_tokens", 100))
+        return int(self.meta.get("config", {}).get("max_tokens", MolConfig.max_tokens))
 
     def _state_shapes(self) -> list[int]:
         units = []
