@@ -79,6 +79,8 @@ IMAGING_BATCH_SIZE_IMAGES = 64
 IMAGING_PREDICT_BATCH_IMAGES = 32
 #: Threads decoding images in one worker process.
 IMAGING_DECODE_THREADS = 4
+#: Longest side of a Grad-CAM overlay PNG (the radiograph is shrunk to it, never enlarged), pixels.
+IMAGING_OVERLAY_SIDE_PX = 512
 #: Largest image decoded, pixels per frame (a 4,096 x 4,096 detector is 16.8 M; 8 x that is refused).
 IMAGING_MAX_PIXELS = 134_217_728
 #: Largest image file read, MiB.

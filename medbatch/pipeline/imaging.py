@@ -27,7 +27,7 @@ from medbatch.pipeline.common import item_failure, run_batch
 log = logging.getLogger("medbatch.pipeline.imaging")
 
 #: Longest side of the radiograph kept for the overlay PNG (the full image is not held in memory).
-OVERLAY_SIDE = 512
+OVERLAY_SIDE = defaults.IMAGING_OVERLAY_SIDE_PX
 OVERLAY_CAPTION = "DRAFT: model attention, not a diagnosis"
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medbatch import defaults
+
 
 def attention_region(heatmap: np.ndarray) -> str:
     """Where a Grad-CAM heatmap concentrates, in image coordinates: e.g. ``lower zone, image left``.
@@ -42,7 +44,14 @@ def draft_findings(
     return " ".join(lines)
 
 
-def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, path: Path, *, max_side: int = 512, caption: str = "") -> Path:
+def overlay_png(
+    pixels: np.ndarray,
+    heatmap: np.ndarray,
+    path: Path,
+    *,
+    max_side: int = defaults.IMAGING_OVERLAY_SIDE_PX,
+    caption: str = "",
+) -> Path:
     """Save the radiograph with the Grad-CAM heatmap blended over it (jet colours, 40 %) as a PNG.
 
     Written to a temporary name and renamed, so a reader never sees half a file and a re-run replaces
