@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -20,18 +19,13 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
+# Plain helpers live in tests/helpers.py; imported here for the fixtures (test modules import them from there).
+from tests.helpers import IN_CI, ROOT, need, register_molecules, register_xray, run_cli, wait_for_job  # noqa: F401
+from tests.helpers import fresh_schema as _fresh_schema
+
 REDIS_BASE = os.environ.get("MEDBATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 POSTGRES_ADMIN_URL = os.environ.get("MEDBATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _redis_dbs = itertools.cycle(range(1, 16))
-
-
-def need(service: str, reason: str) -> None:
-    """Skip locally, fail in CI."""
-    if IN_CI:
-        pytest.fail(f"{service} is required in CI: {reason}")
-    pytest.skip(f"{service} not available: {reason}")
 
 
 # --------------------------------------------------------------------------- Redis
@@ -78,19 +72,6 @@ def postgres_server() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
-
-
-def _fresh_schema(url: str) -> str:
-    from medbatch.db.migrate import upgrade
-    from medbatch.db.session import get_engine
-    from medbatch.db.tables import Base
-
-    engine = get_engine(url)
-    with engine.begin() as conn:
-        Base.metadata.drop_all(conn)
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    upgrade(url)
-    return url
 
 
 @pytest.fixture
@@ -172,40 +153,12 @@ def start_worker(service_env, celery_app, tmp_path: Path):
         return worker
 
     yield factory
+    # A cold stop (SIGKILL of the process group) after the test's assertions: nothing here is asserted about
+    # shutdown, and a warm one costs seconds per worker. Tests that assert on a warm shutdown call stop().
     for worker in started:
-        worker.stop(timeout_s=15)
+        worker.kill()
         if worker.log_path and worker.log_path.exists():
             sys.stderr.write(f"--- {worker.name} log tail ---\n{worker.log_path.read_text()[-1500:]}\n")
-
-
-def run_cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``medbatch ARGS`` as a user would: a new process, this test's environment on top of ours."""
-    return subprocess.run(
-        [sys.executable, "-m", "medbatch.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def wait_for_job(db_url: str, job_id: int, timeout_s: float = 120.0) -> dict:
-    """Poll the database until the job is finished; fail the test if it is not in time."""
-    import time
-
-    from medbatch.db import repository as repo
-    from medbatch.db.session import session_scope
-    from medbatch.db.tables import FINISHED_JOB
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with session_scope(db_url) as s:
-            counts = repo.job_counts(s, job_id)
-        if counts["status"] in FINISHED_JOB:
-            return counts
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} did not finish in {timeout_s}s: {counts}")
-        time.sleep(0.3)
 
 
 # --------------------------------------------------------------------------- imaging
@@ -226,23 +179,19 @@ def xray_artifact(tmp_path_factory) -> Path:
     return path
 
 
-def register_xray(db_url: str, artifact: Path) -> str:
-    """Register ``artifact`` as the active xray model in ``db_url``; returns its version."""
-    from medbatch.db import repository as repo
-    from medbatch.db.session import session_scope
-    from medbatch.ml.registry import file_version
-
-    version = file_version(artifact)
-    with session_scope(db_url) as s:
-        repo.register_model(s, name="xray", version=version, uri=str(artifact), metrics={}, training_source="synthetic")
-    return version
-
-
 # --------------------------------------------------------------------------- molecules
 
 
 @pytest.fixture(scope="session")
-def molecule_artifact(tmp_path_factory) -> Path:
+def moses_smiles() -> list[str]:
+    """The first 20,000 MOSES training SMILES: a small fixture for tests that need real molecules, not all 1.58M."""
+    from tests.helpers import moses_head
+
+    return moses_head(20_000)
+
+
+@pytest.fixture(scope="session")
+def molecule_artifact(tmp_path_factory, moses_smiles) -> Path:
     """A tiny SMILES CharRNN (one LSTM of 48 units) trained once per session, in seconds.
 
     It learns 40 short MOSES molecules (each seen 10 times per epoch), so about one sample in ten is a
@@ -250,22 +199,8 @@ def molecule_artifact(tmp_path_factory) -> Path:
     """
     from medbatch.ml import molecules
 
-    short = sorted(molecules.read_moses_smiles("train")[:20_000], key=len)[:40]
+    short = sorted(moses_smiles, key=len)[:40]
     smiles = molecules.sample_subset(short * 10, None, 0)
     config = molecules.MolConfig(embedding=16, units=48, layers=1, batch_size=8, epochs=4, learning_rate=1e-2)
     trained = molecules.train_generator(smiles, config=config, seed=0, validation=smiles[:50])
     return molecules.save_model(trained, tmp_path_factory.mktemp("molecule-model"))
-
-
-def register_molecules(db_url: str, artifact: Path) -> str:
-    """Register ``artifact`` as the active molecules model in ``db_url``; returns its version."""
-    from medbatch.db import repository as repo
-    from medbatch.db.session import session_scope
-    from medbatch.ml.registry import file_version
-
-    version = file_version(artifact)
-    with session_scope(db_url) as s:
-        repo.register_model(
-            s, name="molecules", version=version, uri=str(artifact), metrics={}, training_source="tiny test model"
-        )
-    return version

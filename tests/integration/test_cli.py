@@ -8,7 +8,7 @@ import os
 import pytest
 
 from medbatch.producer.synthetic import write_patients
-from tests.conftest import run_cli as medbatch
+from tests.helpers import run_cli as medbatch
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 

@@ -78,7 +78,7 @@ def test_demo_reports_a_database_lost_while_waiting_through_its_own_handler(tmp_
     from medbatch.db import repository as repo
     from medbatch.db.session import dispose_engines
     from medbatch.demo import run_demo
-    from tests.conftest import need
+    from tests.helpers import need
     from tests.services import postgres_binaries_missing, start_private_postgres
 
     why = postgres_binaries_missing()

@@ -18,7 +18,7 @@ from medbatch.db.session import session_scope
 from medbatch.db.tables import DicomReceived, Job, utcnow
 from medbatch.errors import InvalidInput
 from medbatch.interop.listener import DicomListener, ListenerConfig, instance_path
-from tests.conftest import register_xray
+from tests.helpers import register_xray
 from tests.integration.test_pacs import generated_study, process
 from tests.services import free_port
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 
 import pytest
 from sqlalchemy import func, select, update
@@ -16,7 +15,7 @@ from medbatch.export import write_rows
 from medbatch.pipeline.tabular import score_batch
 from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
-from tests.conftest import wait_for_job
+from tests.helpers import wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -230,10 +229,10 @@ def test_transient_failure_hands_the_batch_back_without_counting(db_url, tmp_pat
 def test_worker_on_another_database_refuses_the_message(db_url, celery_app, start_worker, tmp_path):
     """Two deployments sharing a broker by mistake: batch IDs collide, but no worker takes another's work."""
     from medbatch.producer.send import celery_sender
-    from tests.conftest import _fresh_schema
+    from tests.helpers import fresh_schema, wait_for_log
 
     # Given a worker on database A, where batch 1 is already done
-    start_worker("tabular")
+    worker_a = start_worker("tabular")
     send_a = celery_sender(celery_app, db_url)
     wait_for_job(
         db_url,
@@ -242,7 +241,7 @@ def test_worker_on_another_database_refuses_the_message(db_url, celery_app, star
         ).job_id,
     )
     # When a job is staged in database B (its batch 1 too) and sent through the same broker
-    other = _fresh_schema(f"sqlite:///{tmp_path / 'b.db'}")
+    other = fresh_schema(f"sqlite:///{tmp_path / 'b.db'}")
     job_b = submit_records(
         write_patients(tmp_path / "b.csv", "risk", 30, seed=3),
         "risk",
@@ -250,7 +249,7 @@ def test_worker_on_another_database_refuses_the_message(db_url, celery_app, star
         send=celery_sender(celery_app, other),
         batch_size=50,
     )
-    time.sleep(3)
+    wait_for_log(worker_a.log_path, "message handed back to the queue")
     # Then worker A refuses it (it does not mark B's batch 1 as its own), and a worker on B completes it
     with session_scope(other) as s:
         assert repo.job_counts(s, job_b.job_id)["items_done"] == 0

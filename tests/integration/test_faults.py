@@ -13,7 +13,7 @@ from medbatch.db.tables import Item, ItemStatus, Result
 from medbatch.producer.recovery import reconcile
 from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
-from tests.conftest import wait_for_job
+from tests.helpers import wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)]
 

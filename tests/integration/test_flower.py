@@ -17,7 +17,7 @@ from medbatch.db.session import session_scope
 from medbatch.db.tables import Batch
 from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
-from tests.conftest import wait_for_job
+from tests.helpers import wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 

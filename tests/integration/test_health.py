@@ -8,10 +8,12 @@ import sys
 import time
 
 import pytest
+import redis
 
 from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
-from tests.conftest import wait_for_job
+from medbatch.worker.health import PROGRESS_KEY
+from tests.helpers import wait_for, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -38,6 +40,12 @@ def check(env: dict, hostname: str, stall_s: int, queues: str = "tabular") -> su
     )
 
 
+def idle_s(env: dict, hostname: str) -> float:
+    """Seconds since ``hostname`` last finished a task, as the check reads it from the broker."""
+    raw = redis.Redis.from_url(env["MEDBATCH_BROKER_URL"]).get(PROGRESS_KEY.format(hostname=hostname))
+    return time.time() - float(raw) if raw else float("inf")
+
+
 def test_check_fails_when_work_waits_and_the_worker_stopped_consuming(
     db_url, service_env, celery_app, sender, start_worker, tmp_path
 ):
@@ -50,7 +58,7 @@ def test_check_fails_when_work_waits_and_the_worker_stopped_consuming(
     # When it stops consuming (still alive, still answering pings) while work arrives
     celery_app.control.cancel_consumer("tabular", destination=[worker.name], reply=True)
     job = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=100)
-    time.sleep(3)
+    wait_for(lambda: idle_s(service_env, worker.name) > 2.5, what="the worker's last progress 2.5 s old")
     stalled = check(service_env, worker.name, stall_s=2)
     # Then the check fails and says why; once consuming again the work completes
     assert stalled.returncode == 1

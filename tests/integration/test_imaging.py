@@ -15,7 +15,7 @@ from medbatch.errors import InvalidInput
 from medbatch.pipeline.imaging import ImagingOptions, classify_batch
 from medbatch.producer.submit import submit_images
 from medbatch.producer.synthetic import write_xrays
-from tests.conftest import register_xray, wait_for_job
+from tests.helpers import register_xray, wait_for_job
 
 pytestmark = pytest.mark.integration
 

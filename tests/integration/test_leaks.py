@@ -11,8 +11,8 @@ import time
 import pytest
 import redis
 
-from tests.conftest import wait_for_job
-from tests.integration.test_cli import medbatch
+from tests.helpers import run_cli as medbatch
+from tests.helpers import wait_for, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -103,7 +103,9 @@ def test_a_real_job_leaves_no_patient_field_in_redis_events_or_logs(
         queued = _dump(client)
         worker = start_worker("tabular", env={"MEDBATCH_LOG_LEVEL": "DEBUG"})
         counts = wait_for_job(db_url, json.loads(run.stdout)["job_id"])
-        time.sleep(1)  # the last task events
+        # the last task events: one task-succeeded per batch (the worker sends task events in buffered groups)
+        batches = sum(counts["batches"].values())
+        wait_for(lambda: sum(h.count('"task-succeeded"') for h in list(heard)) >= batches, what="task events")
         check = medbatch(service_env, "worker", "check", "-n", worker.name)
         after = _dump(client)
     finally:

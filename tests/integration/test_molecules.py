@@ -13,8 +13,8 @@ from medbatch.db.tables import Batch, BatchStatus, Item, ItemStatus, Job, Result
 from medbatch.errors import InvalidInput
 from medbatch.pipeline.molecules import finalize_job, generate_batch
 from medbatch.producer.generation import batch_seed, submit_molecules
-from tests.conftest import register_molecules, wait_for_job
-from tests.conftest import run_cli as medbatch
+from tests.helpers import register_molecules, wait_for_job
+from tests.helpers import run_cli as medbatch
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from medbatch.monitoring import KOMBU_PRIORITY_SEP, make_registry
 from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
-from tests.conftest import wait_for_job
+from tests.helpers import wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +149,7 @@ def test_alert_rules_name_only_metrics_the_exporter_serves(db_url, redis_url):
     # Given a scrape of an empty deployment, every medbatch_ metric the alert rules use must exist in it
     import yaml
 
-    from tests.unit.test_deploy_files import DEPLOY
+    from tests.helpers import DEPLOY
 
     served = {name for name, _ in parse(generate_latest(make_registry(db_url, redis_url)).decode())}
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())

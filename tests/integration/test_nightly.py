@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from medbatch.producer.synthetic import write_patients, write_xrays
-from tests.conftest import register_xray
-from tests.conftest import run_cli as medbatch
+from tests.helpers import register_xray
+from tests.helpers import run_cli as medbatch
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -84,7 +84,7 @@ def test_morning_page_renders_in_a_real_browser(db_url, service_env, start_worke
     driver_bin = shutil.which("chromedriver")
     webdriver = pytest.importorskip("selenium.webdriver")
     if not (chromium and driver_bin):
-        from tests.conftest import need
+        from tests.helpers import need
 
         need("Chromium", "install Debian's chromium and chromium-driver (scripts/setup does as root)")
     # Given a night with an X-ray job and a risk job done by real workers

@@ -19,7 +19,7 @@ from medbatch.db.session import dispose_engines, session_scope
 from medbatch.db.tables import Item, ItemStatus, Result
 from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
-from tests.conftest import ROOT, need, wait_for_job
+from tests.helpers import ROOT, need, wait_for_job
 from tests.services import postgres_binaries_missing, start_private_postgres, start_tls_redis, tls_missing
 
 pytestmark = pytest.mark.integration

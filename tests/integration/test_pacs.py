@@ -26,7 +26,7 @@ from medbatch.interop.dicomweb import PacsAccess
 from medbatch.pipeline.imaging import ImagingOptions, classify_batch
 from medbatch.producer.pacs import submit_pacs
 from medbatch.producer.synthetic import synthetic_xray, write_synthetic_dicom
-from tests.conftest import need, register_xray
+from tests.helpers import need, register_xray
 from tests.orthanc import Orthanc, dciodvfy_missing, orthanc_missing
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ from medbatch.db.session import session_scope
 from medbatch.db.tables import Batch, Report
 from medbatch.producer.submit import submit_records, submit_reports
 from medbatch.producer.synthetic import write_patients
-from tests.conftest import wait_for_job
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.helpers import wait_for_job
 
 pytestmark = pytest.mark.integration
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -6,15 +6,12 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import need
+from tests.helpers import DEPLOY, ROOT, need
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # SafeLoader resolves `<<` merge keys
 SERVICES = COMPOSE["services"]
 WORKERS = ["worker-tabular", "worker-imaging", "worker-imaging-gpu", "worker-molecules", "worker-reports"]

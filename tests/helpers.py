@@ -1,0 +1,130 @@
+"""Helpers the test modules share: import them from here, never from another test module or conftest.
+
+Fixtures live in ``tests/conftest.py``; plain functions and constants live here. Waiting is always for a
+condition, with a deadline (:func:`wait_for`), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+T = TypeVar("T")
+
+
+def need(service: str, reason: str) -> None:
+    """Skip locally, fail in CI."""
+    if IN_CI:
+        pytest.fail(f"{service} is required in CI: {reason}")
+    pytest.skip(f"{service} not available: {reason}")
+
+
+def wait_for(condition: Callable[[], T], *, timeout_s: float = 30.0, interval_s: float = 0.1, what: str = "") -> T:
+    """Call ``condition`` until it returns something truthy and return that; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s:g}s: {what or getattr(condition, '__name__', 'condition')}")
+        time.sleep(interval_s)
+
+
+def wait_for_log(path: Path, text: str, *, timeout_s: float = 30.0) -> str:
+    """Wait until the log file at ``path`` contains ``text``; returns the log."""
+
+    def logged() -> str:
+        log = path.read_text(errors="replace") if path.exists() else ""
+        return log if text in log else ""
+
+    return wait_for(logged, timeout_s=timeout_s, interval_s=0.2, what=f"{text!r} in {path.name}")
+
+
+def run_cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``medbatch ARGS`` as a user would: a new process, this test's environment on top of ours."""
+    return subprocess.run(
+        [sys.executable, "-m", "medbatch.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def wait_for_job(db_url: str, job_id: int, timeout_s: float = 120.0) -> dict:
+    """Wait (``medbatch.jobs.wait_for_job``) until the job is finished; fail the test if it is not in time."""
+    from medbatch.jobs import is_finished
+    from medbatch.jobs import wait_for_job as wait
+
+    counts = wait(db_url, job_id, timeout_s=timeout_s, poll_s=0.3)
+    if not is_finished(counts):
+        pytest.fail(f"job {job_id} did not finish in {timeout_s}s: {counts}")
+    return counts
+
+
+def fresh_schema(url: str) -> str:
+    """Drop every table of ``url`` and migrate it to head (Alembic, as ``medbatch db upgrade`` does).
+
+    Every table the database has goes, not only those the models declare (a migration may add more).
+    """
+    from sqlalchemy import MetaData, text
+
+    from medbatch.db.migrate import upgrade
+    from medbatch.db.session import get_engine
+
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # tables, and the types and sequences they use
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        else:
+            existing = MetaData()
+            existing.reflect(conn)
+            existing.drop_all(conn)
+    upgrade(url)
+    return url
+
+
+def moses_head(n: int, split: str = "train") -> list[str]:
+    """The first ``n`` SMILES of a MOSES split: ``read_moses_smiles(split)[:n]`` without reading the other 1.58M."""
+    import gzip
+    from itertools import islice
+
+    from medbatch.ml.moses import moses_data_dir
+
+    with gzip.open(moses_data_dir() / f"{split}.csv.gz", "rt") as fh:
+        assert fh.readline().strip() == "SMILES"
+        return list(islice((line.strip() for line in fh if line.strip()), n))
+
+
+def register_xray(db_url: str, artifact: Path) -> str:
+    """Register ``artifact`` as the active xray model in ``db_url``; returns its version."""
+    return _register(db_url, "xray", artifact, "synthetic")
+
+
+def register_molecules(db_url: str, artifact: Path) -> str:
+    """Register ``artifact`` as the active molecules model in ``db_url``; returns its version."""
+    return _register(db_url, "molecules", artifact, "tiny test model")
+
+
+def _register(db_url: str, name: str, artifact: Path, source: str) -> str:
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.ml.registry import file_version
+
+    version = file_version(artifact)
+    with session_scope(db_url) as s:
+        repo.register_model(s, name=name, version=version, uri=str(artifact), metrics={}, training_source=source)
+    return version
