@@ -76,8 +76,8 @@ def test_sampling_validates_temperature_and_handles_nothing_to_do(generator):
     assert any(not g.ended for g in short)
 
 
-def test_same_seed_trains_the_same_weights():
-    smiles = molecules.sample_subset(molecules.read_moses_smiles("train"), 32, 0)
+def test_same_seed_trains_the_same_weights(moses_smiles):
+    smiles = molecules.sample_subset(moses_smiles, 32, 0)
     config = molecules.MolConfig(embedding=8, units=16, layers=1, batch_size=16, epochs=1)
     w1 = molecules.train_generator(smiles, config=config, seed=3).keras_model.get_weights()
     w2 = molecules.train_generator(smiles, config=config, seed=3).keras_model.get_weights()
@@ -152,13 +152,13 @@ def test_invalid_strings_are_results_with_reasons_not_exceptions(smiles, reason)
     assert s.canonical is None and s.qed is None and s.novel is None
 
 
-def test_training_set_membership_by_hash():
+def test_training_set_membership_by_hash(moses_smiles):
     training = chem.TrainingSet.from_smiles(["CCO", "c1ccccc1", "CCO"])
     assert len(training) == 2
     assert "CCO" in training and "c1ccccc1" in training and "CCN" not in training
     moses = chem.moses_training_set()
     assert len(moses) == 1_584_663
-    first = molecules.read_moses_smiles("train")[0]
+    first = moses_smiles[0]  # the file's first SMILES
     assert first in moses and "C" * 30 not in moses
 
 
