@@ -15,12 +15,20 @@ Every file taken is recorded in the database (path + content hash), so a second 
 submits nothing twice, and a file replaced with new content is taken again. Files still being written
 (modified within ``settle_s``) and hidden or partial files (``.part``, ``.tmp``) are left for the next
 run.
+
+One hostile file never stops the night: before anything is opened, a name with control characters,
+a link out of the input roots and anything but a regular file (FIFO, device, socket, a link to a
+folder) is refused with its reason; reads are bounded (CSV lines, request size, the hash stops at the
+size seen); a file its producer cannot read is refused with the reason and the other files go on.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from medbatch.config import error_reason
 from medbatch.db import repository as repo
 from medbatch.db.repository import inbox as ledger
 from medbatch.db.session import session_scope
@@ -37,9 +46,8 @@ from medbatch.db.tables import FINISHED_JOB
 from medbatch.errors import BrokerUnavailable, InvalidInput, MedbatchError
 from medbatch.jobs import is_finished, wait_for_jobs
 from medbatch.ml import images
-from medbatch.ml.artifacts import file_sha256
 from medbatch.producer import submit
-from medbatch.producer.paths import check_input_path
+from medbatch.producer.paths import check_input_path, file_kind, open_regular
 from medbatch.producer.records import read_header
 from medbatch.producer.send import Send
 from medbatch.producer.staging import SubmitSummary
@@ -59,6 +67,19 @@ class Candidate:
     reason: str | None = None  # why it cannot be taken (then workload is None)
     sha256: str = ""
     size: int = 0
+    readable: bool = True  # False: refused before anything was opened (never hashed)
+
+    @property
+    def key(self) -> str:
+        """The path as recorded and shown: :func:`shown_path`."""
+        return shown_path(self.path)
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as text safe to store and print: bytes that are not UTF-8 and control characters are
+    escaped (``\\x1b``), so a hostile name can neither break the ledger nor forge a line of output."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in text)
 
 
 @dataclass
@@ -101,8 +122,14 @@ def night_window(night: date, tz: str = "UTC") -> tuple[datetime, datetime]:
 # --------------------------------------------------------------------------- finding the new files
 
 
-def _sha256(path: Path) -> str:
-    return file_sha256(path)
+def _sha256(path: Path, size: int) -> str:
+    """The hash of the first ``size`` bytes (the size the scan saw): a regular file only, never more."""
+    h = hashlib.sha256()
+    with open_regular(path) as fh:
+        while size > 0 and (block := fh.read(min(1 << 20, size))):
+            h.update(block)
+            size -= len(block)
+    return h.hexdigest()
 
 
 def _classify(path: Path, inbox: Path) -> tuple[str | None, str | None]:
@@ -130,28 +157,53 @@ def _classify(path: Path, inbox: Path) -> tuple[str | None, str | None]:
         return "molecules", None
     if suffix in IMAGE_SUFFIXES or not suffix:
         return "xray", None
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
         if images.sniff(fh.read(132), path.name):
             return "xray", None
     return None, "not understood: put it in inbox/<workload>/ (xray, risk, treatment, report, molecules)"
 
 
-def scan_inbox(inbox: Path, *, settle_s: float, now: float | None = None) -> tuple[list[Candidate], list[str]]:
-    """Every file in the inbox that is complete: (candidates, paths still being written)."""
+def _refusal_before_reading(path: Path, rel: Path, roots) -> str | None:
+    """Why ``path`` must not be opened at all (checked on names and ``stat`` only), or None."""
+    if shown_path(rel) != str(rel):
+        return "the file name holds control characters or bytes that are not UTF-8: rename it"
+    if roots is not None:
+        try:
+            check_input_path(path, roots)
+        except InvalidInput as exc:
+            return str(exc)
+    mode = os.stat(path).st_mode
+    if not os.path.isfile(path):
+        link = "a link to " if path.is_symlink() else ""
+        return f"{link}a {file_kind(mode)}, not a regular file: only regular files are read"
+    return None
+
+
+def scan_inbox(
+    inbox: Path, *, settle_s: float, now: float | None = None, roots=None
+) -> tuple[list[Candidate], list[str]]:
+    """Every file in the inbox that is complete: (candidates, paths still being written).
+
+    ``roots`` (the input roots, None for anywhere) are checked for every entry before it is opened.
+    """
     now = time.time() if now is None else now
     found: list[Candidate] = []
     arriving: list[str] = []
-    for path in sorted(p for p in inbox.rglob("*") if p.is_file() or p.is_symlink()):
+    for path in sorted(p for p in inbox.rglob("*") if p.is_symlink() or not p.is_dir()):
         rel = path.relative_to(inbox)
         if any(part.startswith(".") for part in rel.parts) or path.name.lower() in IGNORED_NAMES:
             continue
         if path.name.lower().endswith(PARTIAL_SUFFIXES) or path.name.startswith("~$"):
-            arriving.append(str(path))
+            arriving.append(shown_path(path))
             continue
         try:
+            refusal = _refusal_before_reading(path, rel, roots)
             stat = path.stat()
         except OSError as exc:
-            found.append(Candidate(path, None, f"unreadable: {exc.strerror or exc}"))
+            found.append(Candidate(path, None, f"unreadable: {exc.strerror or exc}", readable=False))
+            continue
+        if refusal is not None:
+            found.append(Candidate(path, None, refusal, size=stat.st_size, readable=False))
             continue
         if now - stat.st_mtime < settle_s:
             arriving.append(str(path))
@@ -160,6 +212,8 @@ def scan_inbox(inbox: Path, *, settle_s: float, now: float | None = None) -> tup
             workload, reason = _classify(path, inbox)
         except OSError as exc:
             workload, reason = None, f"unreadable: {exc.strerror or exc}"
+        except InvalidInput as exc:  # open_regular: the file changed under us
+            workload, reason = None, str(exc)
         found.append(Candidate(path, workload, reason, size=stat.st_size))
     return found, arriving
 
@@ -224,16 +278,18 @@ def run_nightly(
     started = now or datetime.now(UTC)
     outcome = NightlyOutcome(night=night_of(started, cfg.timezone).isoformat(), claim=str(uuid.uuid4()))
     _recover_lost_claims(cfg.database_url, progress)
-    candidates, outcome.still_arriving = scan_inbox(inbox, settle_s=cfg.settle_s)
+    candidates, outcome.still_arriving = scan_inbox(inbox, settle_s=cfg.settle_s, roots=cfg.input_roots)
     for c in candidates:
         try:
-            c.sha256 = _sha256(c.path)
+            c.sha256 = _sha256(c.path, c.size) if c.readable else "unread"
         except OSError as exc:
             c.workload, c.reason = None, f"unreadable: {exc.strerror or exc}"
             c.sha256 = "unreadable"
+        except InvalidInput as exc:  # no longer a regular file
+            c.workload, c.reason, c.sha256 = None, str(exc), "unreadable"
     with session_scope(cfg.database_url) as s:
-        taken = ledger.taken_pairs(s, [(str(c.path), c.sha256) for c in candidates])
-    new = [c for c in candidates if (str(c.path), c.sha256) not in taken]
+        taken = ledger.taken_pairs(s, [(c.key, c.sha256) for c in candidates])
+    new = [c for c in candidates if (c.key, c.sha256) not in taken]
     outcome.already_taken = len(candidates) - len(new)
     progress(
         f"inbox {inbox}: {len(new)} new file(s), {outcome.already_taken} already taken, "
@@ -245,7 +301,7 @@ def run_nightly(
             outcome.claim,
             [
                 {
-                    "path": str(c.path),
+                    "path": c.key,
                     "sha256": c.sha256,
                     "size": c.size,
                     "workload": c.workload,  # none: recorded rejected, with the reason
@@ -254,7 +310,7 @@ def run_nightly(
                 for c in new
             ],
         )
-    outcome.rejected += [{"path": str(c.path), "reason": c.reason or ""} for c in new if c.workload is None]
+    outcome.rejected += [{"path": c.key, "reason": c.reason or ""} for c in new if c.workload is None]
 
     units: list[tuple[str, list[Candidate]]] = []
     xrays = [c for c in new if c.workload == "xray"]
@@ -270,17 +326,24 @@ def run_nightly(
     return outcome
 
 
+#: What reading a hostile file can raise besides our own errors: one file refused, never the night lost.
+UNREADABLE = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError, OSError, csv.Error)
+
+
 def _submit_unit(workload, members, inbox, cfg, send, outcome, progress) -> None:
-    paths = [str(c.path) for c in members]
+    paths = [c.key for c in members]
     try:
         summary = _submit(workload, members, inbox, cfg, send)
     except BrokerUnavailable:
         raise  # claimed entries stay claimed; the next run re-links the staged job or takes them again
-    except MedbatchError as exc:  # unusable input: recorded with its reason, the rest of the night goes on
+    except (MedbatchError, *UNREADABLE) as exc:  # unusable input: recorded with its reason, the night goes on
+        if not isinstance(exc, MedbatchError):
+            log.exception("%s: %d file(s) could not be submitted", workload, len(paths))
+        reason = str(exc) if isinstance(exc, MedbatchError) else f"could not be read: {error_reason(exc)}"
         with session_scope(cfg.database_url) as s:
-            ledger.reject_entries(s, outcome.claim, paths, reason=str(exc))
-        outcome.rejected += [{"path": p, "reason": str(exc)} for p in paths]
-        progress(f"  {workload}: {len(paths)} file(s) refused: {exc}")
+            ledger.reject_entries(s, outcome.claim, paths, reason=reason)
+        outcome.rejected += [{"path": p, "reason": reason} for p in paths]
+        progress(f"  {workload}: {len(paths)} file(s) refused: {reason}")
         return
     with session_scope(cfg.database_url) as s:
         ledger.take_entries(s, outcome.claim, paths, job_id=summary.job_id)
@@ -353,24 +416,24 @@ def _under(path: Path, folder: Path) -> bool:
 
 
 def _read_request(path: Path) -> dict[str, Any]:
-    """A molecule generation request: ``{"count": N, "seed": S, "temperature": T}`` (seed, temperature optional)."""
+    """A molecule generation request: ``{"count": N, "seed": S, "temperature": T}`` (seed, temperature optional).
+
+    At most ``MAX_REQUEST_BYTES`` are read; every value is checked for its type (``1.9`` is no count).
+    """
+    from medbatch.producer.generation import MAX_REQUEST_BYTES, request_from_json
+
+    with open_regular(path) as fh:
+        raw = fh.read(MAX_REQUEST_BYTES + 1)
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise InvalidInput(f"{path.name}: larger than {MAX_REQUEST_BYTES // 1024} KiB, not a generation request")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"{path.name}: not a JSON generation request ({exc})") from None
-    if not isinstance(data, dict) or "count" not in data:
-        raise InvalidInput(f'{path.name}: expected {{"count": N, "seed": S, "temperature": T}}')
-    unknown = set(data) - {"count", "seed", "temperature"}
-    if unknown:
-        raise InvalidInput(f"{path.name}: unknown field(s) {', '.join(sorted(unknown))}")
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 5,000-digit int
+        raise InvalidInput(f"{path.name}: not a JSON generation request ({type(exc).__name__})") from None
     try:
-        return {
-            "count": int(data["count"]),
-            "seed": int(data.get("seed", 0)),
-            "temperature": float(data.get("temperature", 1.0)),
-        }
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{path.name}: count and seed must be integers, temperature a number") from None
+        return request_from_json(data)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{path.name}: {exc}") from None
 
 
 def _recover_lost_claims(database_url: str, progress) -> None:

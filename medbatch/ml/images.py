@@ -36,8 +36,25 @@ RADIOGRAPH_MODALITIES = frozenset(defaults.IMAGING_MODALITIES)
 DEFAULT_MAX_PIXELS = defaults.IMAGING_MAX_PIXELS
 #: Largest file read, in bytes.
 DEFAULT_MAX_BYTES = defaults.IMAGING_MAX_FILE_BYTES
-#: Largest decoded pixel buffer of a DICOM (all frames), in bytes.
+#: Largest decoded pixel buffer of a DICOM (all frames), in bytes; also the most one decode may cost.
 DEFAULT_MAX_DECODED_BYTES = defaults.IMAGING_MAX_DECODED_BYTES
+#: Working memory per pixel on top of the decoded buffer: the float32 result and one transient copy.
+DECODE_WORK_BYTES_PER_PIXEL = 8
+#: Bytes per pixel of Pillow's decoded buffer, by mode (Pillow keeps 2 to 4 bands in 4 bytes).
+_PIL_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def decode_budget(child_memory_bytes: int, threads: int) -> int:
+    """The most one decode may cost: its share of a pool child's memory limit (``threads`` decode at
+    once), never more than :data:`DEFAULT_MAX_DECODED_BYTES`; that cap alone when the child has no limit."""
+    if child_memory_bytes <= 0:
+        return DEFAULT_MAX_DECODED_BYTES
+    return min(DEFAULT_MAX_DECODED_BYTES, child_memory_bytes // max(1, threads))
+
+
+def decode_cost(width: int, height: int, mode: str) -> int:
+    """Bytes a raster of ``width`` x ``height`` in Pillow ``mode`` costs to decode and convert, from its header."""
+    return width * height * (_PIL_BYTES_PER_PIXEL.get(mode, 4) + DECODE_WORK_BYTES_PER_PIXEL)
 
 
 @dataclass
@@ -106,6 +123,7 @@ def decode(
     name: str = "",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     modalities: Iterable[str] = RADIOGRAPH_MODALITIES,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> DecodedImage:
     """Decode PNG, JPEG or DICOM bytes into a :class:`DecodedImage`.
 
@@ -114,6 +132,8 @@ def decode(
         name: the file name (only used to recognise a DICOM file without a preamble).
         max_pixels: refuse an image with more pixels per frame than this, before decoding it.
         modalities: DICOM modalities accepted; others are refused as not a radiograph.
+        max_decoded_bytes: refuse an image whose decode would cost more memory than this, from its
+            header, before decoding it (:func:`decode_budget` gives a worker's share).
 
     Raises:
         ImageRejected: with the reason, for anything that cannot be read safely.
@@ -125,10 +145,14 @@ def decode(
         raise ImageRejected("not a PNG, JPEG or DICOM file (unrecognised content)")
     if kind == "dicom":
         image = _decode_dicom(
-            data, max_pixels=max_pixels, modalities=frozenset(modalities), force=data[128:132] != b"DICM"
+            data,
+            max_pixels=max_pixels,
+            modalities=frozenset(modalities),
+            force=data[128:132] != b"DICM",
+            max_decoded_bytes=max_decoded_bytes,
         )
     else:
-        image = _decode_raster(data, kind, max_pixels=max_pixels)
+        image = _decode_raster(data, kind, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
     pixels = image.pixels
     if not np.isfinite(pixels).all():
         raise ImageRejected("image holds non-finite values")
@@ -143,10 +167,15 @@ def read_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     modalities: Iterable[str] = RADIOGRAPH_MODALITIES,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> DecodedImage:
     """Read and decode the image at ``path`` (see :func:`decode`)."""
     return decode(
-        read_file(path, max_bytes=max_bytes), name=Path(path).name, max_pixels=max_pixels, modalities=modalities
+        read_file(path, max_bytes=max_bytes),
+        name=Path(path).name,
+        max_pixels=max_pixels,
+        modalities=modalities,
+        max_decoded_bytes=max_decoded_bytes,
     )
 
 
@@ -174,7 +203,7 @@ def load_for_model(path: Path, size: int, **limits) -> tuple[np.ndarray, Decoded
 # --------------------------------------------------------------------------- PNG / JPEG
 
 
-def _decode_raster(data: bytes, kind: str, *, max_pixels: int) -> DecodedImage:
+def _decode_raster(data: bytes, kind: str, *, max_pixels: int, max_decoded_bytes: int) -> DecodedImage:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     label = kind.upper()
@@ -191,11 +220,20 @@ def _decode_raster(data: bytes, kind: str, *, max_pixels: int) -> DecodedImage:
                     f"{label} is {width}x{height} = {width * height / 1e6:.0f} M pixels, over the "
                     f"{max_pixels / 1e6:.0f} M limit (too large to decode safely)"
                 )
+            cost = decode_cost(width, height, img.mode)
+            if cost > max_decoded_bytes:
+                raise ImageRejected(
+                    f"{label} is {width}x{height} {img.mode}: decoding it needs about {cost / 2**20:,.0f} MiB, over "
+                    f"the {max_decoded_bytes / 2**20:,.0f} MiB memory budget of one decode (the worker's memory "
+                    "limit shared by its decode threads)"
+                )
             if getattr(img, "n_frames", 1) > 1:
                 flags.append(f"{img.n_frames} frames: the first was used")
             img.load()
             if kind == "jpeg":
                 img = ImageOps.exif_transpose(img) or img
+            if _constant(img):  # before any float copy: a blank image costs its decoded buffer only
+                raise ImageRejected("image is blank (every pixel has the same value)")
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -207,6 +245,17 @@ def _decode_raster(data: bytes, kind: str, *, max_pixels: int) -> DecodedImage:
         raise ImageRejected(f"{label} is {reason}: {exc}") from None
     pixels = _raster_to_gray(img, flags)
     return DecodedImage(pixels=pixels, kind=kind, original_shape=pixels.shape, flags=flags)
+
+
+def _constant(img) -> bool:
+    """Whether every band of a decoded Pillow image holds one value (cheap: no copy of the pixels)."""
+    try:
+        bands = img.getextrema()
+    except Exception:  # noqa: BLE001 - a mode without extrema: the later check on the array decides
+        return False
+    if not isinstance(bands[0], tuple):
+        bands = (bands,)
+    return all(lo == hi for lo, hi in bands)
 
 
 def _raster_to_gray(img, flags: list[str]) -> np.ndarray:
@@ -252,18 +301,24 @@ def _stretch(arr: np.ndarray, lo_pct: float = 0.0, hi_pct: float = 100.0) -> np.
 # --------------------------------------------------------------------------- DICOM
 
 
-def _decode_dicom(data: bytes, *, max_pixels: int, modalities: frozenset[str], force: bool) -> DecodedImage:
+def _decode_dicom(
+    data: bytes, *, max_pixels: int, modalities: frozenset[str], force: bool, max_decoded_bytes: int
+) -> DecodedImage:
     """pydicom parses elements lazily, so a corrupt element can raise on first access, anywhere below:
     anything but our own refusal is a corrupt header, reported as such."""
     try:
-        return _decode_dicom_checked(data, max_pixels=max_pixels, modalities=modalities, force=force)
+        return _decode_dicom_checked(
+            data, max_pixels=max_pixels, modalities=modalities, force=force, max_decoded_bytes=max_decoded_bytes
+        )
     except ImageRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - hostile bytes: never more than an item error
         raise ImageRejected(f"DICOM is corrupt: {type(exc).__name__}: {exc}") from None
 
 
-def _decode_dicom_checked(data: bytes, *, max_pixels: int, modalities: frozenset[str], force: bool) -> DecodedImage:
+def _decode_dicom_checked(
+    data: bytes, *, max_pixels: int, modalities: frozenset[str], force: bool, max_decoded_bytes: int
+) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -300,7 +355,7 @@ def _decode_dicom_checked(data: bytes, *, max_pixels: int, modalities: frozenset
             f"DICOM is {cols}x{rows} = {rows * cols / 1e6:.0f} M pixels, over the {max_pixels / 1e6:.0f} M limit"
         )
     decoded_bytes = rows * cols * frames * samples * max(1, bits_allocated // 8)
-    if decoded_bytes > DEFAULT_MAX_DECODED_BYTES:
+    if decoded_bytes > max_decoded_bytes:
         raise ImageRejected(f"DICOM holds {decoded_bytes / 2**30:.1f} GiB of pixels ({frames} frames): too large")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
     if photometric == "PALETTE COLOR":

@@ -41,6 +41,8 @@ class ImagingOptions:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     max_bytes: int = images.DEFAULT_MAX_BYTES
     modalities: tuple[str, ...] = tuple(sorted(images.RADIOGRAPH_MODALITIES))
+    #: The pool child's memory limit (bytes, 0 = none): each decode thread may cost its share of it.
+    child_memory_bytes: int = 0
     #: How to reach a PACS for items staged from one (:class:`medbatch.interop.dicomweb.PacsAccess`).
     pacs: Any = None
 
@@ -68,7 +70,13 @@ def _decode(item: Any, size: int, opts: ImagingOptions) -> _Decoded:
             "file content changed since it was submitted "
             f"(sha256 now {actual[:12]}..., at submission {payload['sha256'][:12]}...)"
         )
-    image = images.decode(data, name=Path(payload["path"]).name, max_pixels=opts.max_pixels, modalities=opts.modalities)
+    image = images.decode(
+        data,
+        name=Path(payload["path"]).name,
+        max_pixels=opts.max_pixels,
+        modalities=opts.modalities,
+        max_decoded_bytes=images.decode_budget(opts.child_memory_bytes, opts.decode_threads),
+    )
     del data
     return _shrink(image, size)
 
@@ -77,7 +85,13 @@ def _decode_pacs(payload: dict, opts: ImagingOptions) -> images.DecodedImage:
     from medbatch.interop.dicomweb import retrieve_checked
 
     data = retrieve_checked(payload, opts.pacs, max_bytes=opts.max_bytes)
-    return images.decode(data, name="instance.dcm", max_pixels=opts.max_pixels, modalities=opts.modalities)
+    return images.decode(
+        data,
+        name="instance.dcm",
+        max_pixels=opts.max_pixels,
+        modalities=opts.modalities,
+        max_decoded_bytes=images.decode_budget(opts.child_memory_bytes, opts.decode_threads),
+    )
 
 
 def _shrink(image: images.DecodedImage, size: int) -> _Decoded:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 3.0
 MAX_SEED = 2**32 - 1
 #: Slots staged per transaction.
 CHUNK = 20_000
+#: Largest generation request file read (``{"count": N, "seed": S, "temperature": T}`` is a few bytes).
+MAX_REQUEST_BYTES = 64 * 1024
+REQUEST_FIELDS = ("count", "seed", "temperature")
 
 
 def batch_seed(job_seed: int, seq: int) -> int:
@@ -46,6 +50,39 @@ def validate_request(count: int, seed: int, temperature: float, batch_size: int)
         )
     if not 1 <= batch_size <= 10_000:
         raise InvalidInput(f"--batch-size must be from 1 to 10,000 (got {batch_size})")
+
+
+def _whole(value: Any, name: str, lo: int, hi: int) -> int:
+    """``value`` as a whole number within ``lo..hi``: a JSON integer, or a float with no fraction
+    (``1000.0``); ``1.9``, ``1e400``, ``"10"`` and ``true`` are refused, never rounded or coerced."""
+    if type(value) is float and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not lo <= value <= hi:
+        raise InvalidInput(f"{name} must be a whole number from {lo:,} to {hi:,}")
+    return value
+
+
+def request_from_json(data: Any) -> dict[str, Any]:
+    """A generation request from decoded JSON, every value checked for its type and range (before
+    :func:`validate_request` checks the rest).
+
+    Raises:
+        InvalidInput: not an object with ``count``, an unknown field, or a value of the wrong kind.
+    """
+    if not isinstance(data, dict) or "count" not in data:
+        raise InvalidInput('expected {"count": N, "seed": S, "temperature": T}')
+    unknown = sorted(set(data) - set(REQUEST_FIELDS))
+    if unknown:
+        shown = ", ".join(ascii(k)[:40] for k in unknown[:5])
+        raise InvalidInput(f"unknown field(s) {shown}; a request takes {', '.join(REQUEST_FIELDS)}")
+    temperature = data.get("temperature", 1.0)
+    if type(temperature) not in (int, float) or not math.isfinite(temperature):
+        raise InvalidInput(f"temperature must be a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE}")
+    return {
+        "count": _whole(data["count"], "count", 1, MAX_COUNT),
+        "seed": _whole(data.get("seed", 0), "seed", 0, MAX_SEED),
+        "temperature": float(temperature),
+    }
 
 
 def iter_generation_chunks(count: int, *, seed: int, temperature: float, batch_size: int) -> Iterator[RecordChunk]:

@@ -8,8 +8,11 @@ path it was given and reads only the resolved path it returns.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from medbatch.errors import InvalidInput
 
@@ -46,3 +49,63 @@ def check_input_path(path: str | Path, roots: Iterable[str | Path] | None) -> Pa
     shown = ", ".join(str(r) for r in allowed)
     via = "" if str(resolved) == str(Path(path).expanduser().absolute()) else f" (resolves to {resolved})"
     raise InvalidInput(f"{path}{via} is outside the input roots ({shown}); set MEDBATCH_INPUT_ROOTS to allow it")
+
+
+_KINDS = (
+    (stat.S_ISDIR, "folder"),
+    (stat.S_ISFIFO, "FIFO (named pipe)"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` is, in words: ``regular file``, ``folder``, ``FIFO (named pipe)``, ..."""
+    if stat.S_ISREG(mode):
+        return "regular file"
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def not_regular(path: str | Path) -> str | None:
+    """Why ``path`` (links followed, nothing opened) cannot be read as input; None for a regular file.
+
+    Raises:
+        OSError: the path cannot be looked at (missing, permission denied, a dangling link).
+    """
+    mode = os.stat(path).st_mode
+    return None if stat.S_ISREG(mode) else f"{path}: is a {file_kind(mode)}, not a regular file"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open ``path`` for reading in binary, only if it is a regular file.
+
+    A FIFO, device, socket or folder is refused without blocking and without reading from it: the
+    file is opened non-blocking (a FIFO with no writer would otherwise wait forever; a device is never
+    read), its type is checked on the open descriptor (no race with a swapped link), then it is read
+    normally.
+
+    Raises:
+        InvalidInput: not a regular file, missing, or not readable.
+    """
+    try:
+        reason = not_regular(path)  # stat first: some devices act on open()
+        if reason is None:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISREG(mode):
+                    os.set_blocking(fd, True)
+                    return os.fdopen(fd, "rb")
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            reason = f"{path}: is a {file_kind(mode)}, not a regular file"
+    except FileNotFoundError:
+        reason = f"{path}: no such file"
+    except PermissionError:
+        reason = f"{path}: permission denied"
+    except OSError as exc:
+        reason = f"{path}: cannot be read ({exc.strerror or exc})"
+    raise InvalidInput(reason)

@@ -8,6 +8,7 @@ a rejection with its line number and a reason a clerk can act on. Problems with 
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import pandas as pd
 
 from medbatch.db.rawjson import RawJson
 from medbatch.errors import InvalidInput
+from medbatch.producer.paths import open_regular
 
 #: Data rows validated together: the unit of streaming.
 CHUNK_ROWS = 20_000
@@ -25,7 +27,43 @@ CHUNK_ROWS = 20_000
 ID_COLUMNS = ("patient_id", "patientid", "mrn", "medical_record_number", "record_id", "patient", "id")
 #: Longest patient identifier kept.
 MAX_ID_LEN = 128
-csv.field_size_limit(1 << 20)
+#: Longest line (and field) read from a CSV, characters: every read is bounded by it, so a file without
+#: line breaks (or ``/dev/zero`` behind a link) costs at most this much memory, then is refused.
+MAX_LINE_CHARS = 1 << 20
+csv.field_size_limit(MAX_LINE_CHARS)
+
+
+class LineTooLong(csv.Error):
+    """A line longer than :data:`MAX_LINE_CHARS`: the file is refused from there on."""
+
+    def __init__(self) -> None:
+        super().__init__(f"a line longer than {MAX_LINE_CHARS:,} characters: a file without line breaks?")
+
+
+def bounded_lines(fh) -> Iterator[str]:
+    """The lines of text file ``fh``, each read with a size cap (:class:`LineTooLong` past it)."""
+    while True:
+        line = fh.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_CHARS:
+            raise LineTooLong
+        yield line
+
+
+def stops_at_unreadable(reader, stopped: list[str]) -> Iterator[list[str]]:
+    """The rows of ``reader`` until one cannot be read (too long, not UTF-8): its reason goes to ``stopped``."""
+    try:
+        yield from reader
+    except UnicodeDecodeError:
+        stopped.append("the file is not UTF-8 text from here on; the rest of the file was not read")
+    except csv.Error as exc:
+        stopped.append(f"unreadable CSV from here on ({exc}); the rest of the file was not read")
+
+
+def csv_reader(fh):
+    """A ``csv.reader`` over ``fh`` with the delimiter sniffed and every line bounded."""
+    return csv.reader(bounded_lines(fh), delimiter=sniff_delimiter(fh))
 
 
 @dataclass(frozen=True)
@@ -147,16 +185,22 @@ def validate_frame(frame: pd.DataFrame, workload: str) -> tuple[pd.DataFrame, li
 
 def sniff_delimiter(fh) -> str:
     """The field separator of a CSV from its first line: ``,`` unless the header is clearly split by
-    ``;`` (spreadsheets in locales with a decimal comma) or a tab. Rewinds ``fh``."""
-    first = fh.readline()
+    ``;`` (spreadsheets in locales with a decimal comma) or a tab. Rewinds ``fh``.
+
+    Raises:
+        LineTooLong: the first line is longer than :data:`MAX_LINE_CHARS` (only that much is read).
+    """
+    first = fh.readline(MAX_LINE_CHARS + 1)
     fh.seek(0)
+    if len(first) > MAX_LINE_CHARS:
+        raise LineTooLong
     counts = {d: first.count(d) for d in (",", ";", "\t")}
     best = max(counts, key=counts.get)
     return best if counts[best] > counts[","] else ","
 
 
 def _binary_hint(path: Path) -> str:
-    with Path(path).open("rb") as fh:
+    with open_regular(path) as fh:
         head = fh.read(8)
     if head.startswith(b"PK\x03\x04"):
         return "this is an Excel workbook (.xlsx) or another zip file, not CSV; "
@@ -165,15 +209,13 @@ def _binary_hint(path: Path) -> str:
     return "not UTF-8 text; "
 
 
-def _open_text(path: Path):
-    try:
-        return path.open("r", encoding="utf-8-sig", newline="")
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"{path}: is a directory, expected a CSV file") from None
-    except PermissionError:
-        raise InvalidInput(f"{path}: permission denied") from None
+def open_text(path: Path):
+    """``path`` as UTF-8 text for the csv module; only a regular file is opened (see :func:`open_regular`).
+
+    Raises:
+        InvalidInput: missing, unreadable, or not a regular file (a folder, FIFO, device).
+    """
+    return io.TextIOWrapper(open_regular(path), encoding="utf-8-sig", newline="")
 
 
 def read_header(path: Path, workload: str, id_column: str | None = None) -> tuple[list[str], str | None]:
@@ -182,9 +224,9 @@ def read_header(path: Path, workload: str, id_column: str | None = None) -> tupl
     Raises:
         InvalidInput: the file is missing, empty, not UTF-8 text, or lacks a required column.
     """
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         try:
-            header = next(csv.reader(fh, delimiter=sniff_delimiter(fh)), None)
+            header = next(csv_reader(fh), None)
         except UnicodeDecodeError:
             raise InvalidInput(f"{path}: {_binary_hint(path)}save the file as CSV (UTF-8)") from None
         except csv.Error as exc:
@@ -224,8 +266,8 @@ def iter_record_chunks(
     width = len(names)
     index = {n: i for i, n in enumerate(names)}
     source = str(Path(path).resolve())
-    with _open_text(path) as fh:
-        reader = csv.reader(fh, delimiter=sniff_delimiter(fh))
+    with open_text(path) as fh:
+        reader = csv_reader(fh)
         next(reader)
         start_line = reader.line_num + 1
         rows: list[list[str]] = []

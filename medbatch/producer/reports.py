@@ -24,8 +24,10 @@ from medbatch.producer.records import (
     MAX_ID_LEN,
     SCHEMAS,
     RecordChunk,
+    csv_reader,
     normalise_header,
-    sniff_delimiter,
+    open_text,
+    stops_at_unreadable,
 )
 
 #: How each workload's result becomes a finding in a report's facts.
@@ -74,17 +76,16 @@ def iter_fact_chunks(
     Raises:
         InvalidInput: the file is missing, empty or not UTF-8 text.
     """
-    try:
-        fh = Path(path).open("r", encoding="utf-8-sig", newline="")
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        raise InvalidInput(f"{path}: cannot read ({type(exc).__name__})") from None
+    fh = open_text(Path(path))
     source = str(Path(path).resolve())
     with fh:
         try:
-            reader = csv.reader(fh, delimiter=sniff_delimiter(fh))
+            reader = csv_reader(fh)
             header = next(reader, None)
         except UnicodeDecodeError:
             raise InvalidInput(f"{path}: not UTF-8 text; save the file as CSV (UTF-8)") from None
+        except csv.Error as exc:
+            raise InvalidInput(f"{path}: unreadable CSV header ({exc})") from None
         if not header or all(not h.strip() for h in header):
             raise InvalidInput(f"{path}: the file is empty; expected a header row of patient facts")
         names = [normalise_header(h) for h in header]
@@ -93,7 +94,8 @@ def iter_fact_chunks(
             raise InvalidInput(f"{path}: patient id column {id_column!r} not found")
         chunk = RecordChunk()
         line = reader.line_num + 1
-        for row in reader:
+        stopped: list[str] = []
+        for row in stops_at_unreadable(reader, stopped):
             start, line = line, reader.line_num + 1
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
@@ -130,6 +132,8 @@ def iter_fact_chunks(
             if len(chunk.items) + len(chunk.rejected) >= chunk_rows:
                 yield chunk
                 chunk = RecordChunk()
+        if stopped:
+            chunk.rejected.append({"source_uri": source, "source_row": line, "patient_ref": None, "reason": stopped[0]})
         if chunk.items or chunk.rejected:
             yield chunk
 

@@ -24,5 +24,6 @@ def imaging_options(s) -> imaging.ImagingOptions:
         max_pixels=s.imaging_max_pixels,
         max_bytes=s.imaging_max_file_mb * 2**20,
         modalities=s.modality_list(),
+        child_memory_bytes=s.worker_max_memory_per_child_mb * 2**20,
         pacs=s.pacs_access(),
     )
