@@ -4,7 +4,7 @@ Stages a finished risk job directly in the benchmark's own database (COPY on Pos
 needed, the export only reads), then runs the CLI export as a user would and prints wall time,
 resources/s and the export process's peak RSS, for each size given.
 
-    python bench/fhir.py [--rows 20000 200000] [--database-url postgresql+psycopg://...]
+    python bench/fhir.py [--rows 20000 200000] [--jobs 1 2] [--database-url postgresql+psycopg://...]
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def stage_finished_risk_job(url: str, rows: int, chunk: int = 50_000) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
+    ap.add_argument("--jobs", type=int, nargs="+", default=[1], help="export processes to time (each size)")
     ap.add_argument("--database-url", default=os.environ.get("MEDBATCH_BENCH_DATABASE_URL", ""))
     args = ap.parse_args()
     if not args.database_url:
@@ -67,23 +68,28 @@ def main() -> None:
     try:
         for rows in args.rows:
             job_id = stage_finished_risk_job(db.url, rows)
-            out = Path(tempfile.mkdtemp()) / "fhir"
-            env = {**os.environ, "MEDBATCH_DATABASE_URL": db.url, "PYTHONPATH": str(ROOT)}
-            t0 = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "medbatch.cli", "export", "fhir", str(job_id), "-o",
-                                     str(out)], env=env, stdout=subprocess.PIPE, text=True)  # fmt: skip
-            rss = PeakRss(proc.pid)
-            stdout, _ = proc.communicate()
-            wall = time.perf_counter() - t0
-            peak = rss.stop()
-            assert proc.returncode == 0, proc.returncode
-            manifest = json.loads(stdout)
-            written = sum(o["count"] for o in manifest["output"])
-            figures = {"backend": db.backend, "results": rows, "resources": written, "wall_s": round(wall, 1)}
-            figures.update(resources_per_s=round(written / wall), peak_rss_mb=round(peak / 2**20))
-            print(json.dumps(figures))
+            for jobs in args.jobs:
+                run_export(db, job_id, rows, jobs)
     finally:
         db.drop()
+
+
+def run_export(db: BenchDatabase, job_id: int, rows: int, jobs: int) -> None:
+    """Export the job with the CLI in a new process; print its figures (PeakRss sums the process tree)."""
+    out = Path(tempfile.mkdtemp()) / "fhir"
+    env = {**os.environ, "MEDBATCH_DATABASE_URL": db.url, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "medbatch.cli", "export", "fhir", str(job_id), "-o", str(out), "--jobs", str(jobs)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    rss = PeakRss(proc.pid)
+    stdout, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    peak = rss.stop()
+    assert proc.returncode == 0, proc.returncode
+    written = sum(o["count"] for o in json.loads(stdout)["output"])
+    figures = {"backend": db.backend, "results": rows, "jobs": jobs, "resources": written, "wall_s": round(wall, 1)}
+    figures.update(resources_per_s=round(written / wall), peak_rss_mb=round(peak / 2**20))
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

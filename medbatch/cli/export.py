@@ -27,6 +27,9 @@ def fhir(
         str | None,
         typer.Option("--to", help="FHIR server base URL: also POST the files as transaction Bundles (PUT by id)."),
     ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, max=64, help="Processes building and validating (same files).")
+    ] = 1,
 ) -> None:
     """Write a finished job's results as FHIR R4B Bulk Data NDJSON (one file per resource type) and print the
     manifest. Patients are referred to by identifier (MEDBATCH_FHIR_PATIENT_SYSTEM); the same job exported
@@ -45,7 +48,7 @@ def fhir(
     url = ready_db()
     with session_scope(url) as s:
         try:
-            manifest = export_job(s, job_id, output, patient_system=settings.fhir_patient_system)
+            manifest = export_job(s, job_id, output, patient_system=settings.fhir_patient_system, jobs=jobs)
         except OSError as exc:
             raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
     stats = manifest["extension"]["medbatch"]
@@ -74,3 +77,43 @@ def fhir(
         with session_scope(url) as s:
             repo.audit(s, actor=whoami(), action="export", job_id=job_id, detail={"what": "fhir-post", **sent})
         err.print(f"{sent['entries']} resources sent to {redact_url(to)} in {sent['bundles']} transaction Bundles")
+
+
+@export_app.command("dicom")
+@with_exit_codes
+def dicom(
+    job_id: Annotated[int, typer.Argument(help="Job id (an X-ray job whose sources are DICOM).")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="Destination PACS: a DICOMweb root (STOW-RS, http(s)://...) or AET@host:port (C-STORE)."
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Send an X-ray job's findings into a PACS: a Comprehensive SR (TID 1500, PRELIMINARY, UNVERIFIED) per
+    result and, for each positive, a Secondary Capture of the Grad-CAM overlay marked NOT FOR DIAGNOSIS.
+    Objects already delivered are not sent again (their UIDs are derived, so a PACS keeps one copy); failed
+    ones are tried again. Credentials: MEDBATCH_PACS_USERNAME/_PASSWORD or MEDBATCH_PACS_TOKEN."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.interop.delivery import audit_detail, export_job
+
+    settings = get_settings()
+    url = ready_db()
+    summary = export_job(
+        job_id, to, database_url=url, access=settings.pacs_access(), calling_aet=settings.dicom_aet
+    )
+    with session_scope(url) as s:
+        repo.audit(s, actor=whoami(), action="export", job_id=job_id, detail=audit_detail(summary))
+    if as_json:
+        out.print_json(json.dumps(summary.as_dict()))
+    else:
+        err.print(
+            f"job {job_id}: {summary.sent} DICOM objects sent, {summary.already_sent} already there, "
+            f"{summary.failed} failed ({summary.not_dicom} results without a DICOM source)"
+        )
+        for reason in summary.reasons:
+            err.print(f"  [yellow]{reason}[/]", highlight=False)
+    if summary.failed:
+        raise typer.Exit(EXIT_FAILED)

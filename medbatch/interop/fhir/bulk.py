@@ -45,12 +45,15 @@ class NdjsonWriter:
         return self.out_dir / f"{rtype}.ndjson.part"
 
     def write(self, resource: dict[str, Any]) -> None:
-        rtype = resource["resourceType"]
+        self.write_line(resource["resourceType"], dumps(resource))
+
+    def write_line(self, rtype: str, line: str) -> None:
+        """Append one resource already serialised by :func:`dumps`."""
         fh = self._files.get(rtype)
         if fh is None:
             fh = self._files[rtype] = self._part(rtype).open("w", encoding="utf-8", newline="\n")
             self.counts[rtype] = 0
-        fh.write(dumps(resource) + "\n")
+        fh.write(line + "\n")
         self.counts[rtype] += 1
 
     def commit(self) -> dict[str, Path]:

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import warnings
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ from medbatch.db.tables import FINISHED_JOB
 from medbatch.errors import InvalidFhirResource, InvalidInput
 from medbatch.interop.fhir import checks
 from medbatch.interop.fhir import resources as res
-from medbatch.interop.fhir.bulk import NdjsonWriter, manifest
+from medbatch.interop.fhir.bulk import NdjsonWriter, dumps, manifest
 
 log = logging.getLogger("medbatch.interop.fhir")
 
@@ -56,16 +60,20 @@ def study_uid(payload: dict[str, Any] | None) -> str | None:
         return None
 
 
-def export_job(session: Session, job_id: int, out_dir: Path, *, patient_system: str) -> dict[str, Any]:
+def export_job(
+    session: Session, job_id: int, out_dir: Path, *, patient_system: str, jobs: int = 1
+) -> dict[str, Any]:
     """Write the job's resources under ``out_dir`` and return the Bulk Data manifest (also ``manifest.json``).
+
+    ``jobs`` > 1 builds and validates in that many processes (chunks of :data:`CHUNK` rows, at most two
+    chunks per process in flight, written in item order): the files are the same for any ``jobs``.
 
     Raises:
         NotFound: no such job.
         InvalidInput: the job has not finished, or its workload has no FHIR mapping (molecules).
     """
     job = repo.get_job(session, job_id)
-    build = res.BUILDERS.get(job.workload)
-    if build is None:
+    if job.workload not in res.BUILDERS:
         raise InvalidInput(
             f"job {job_id} is a {job.workload} job: FHIR export covers {', '.join(sorted(res.BUILDERS))} jobs"
         )
@@ -82,35 +90,27 @@ def export_job(session: Session, job_id: int, out_dir: Path, *, patient_system: 
     stats = {"items": 0, "exported": 0, "skipped_no_patient": 0, "invalid": 0}
     if job.workload == "xray":
         stats["without_study"] = 0
+    rows = iter_fhir_rows(session, job_id, with_payload=job.workload == "xray")
     try:
-        for row in iter_fhir_rows(session, job_id, with_payload=job.workload == "xray"):
+        for outcome in _outcomes(ctx, job.workload, rows, jobs):
             stats["items"] += 1
-            if not row["patient_ref"]:
+            kind = outcome["kind"]
+            if kind == "skipped":
                 stats["skipped_no_patient"] += 1
                 continue
-            dev = res.device(row["model_name"], row["model_version"])
-            sources: list[dict[str, Any]] = []
-            if job.workload == "xray":
-                row["study_uid"] = study_uid(row.pop("payload"))
-                if row["study_uid"]:
-                    sources.append(res.study_ref(row["study_uid"]))
-                else:
-                    stats["without_study"] += 1
-            try:
-                built = build(ctx, row, dev)
-                recorded = res.instant(row["created_at"])
-                built += [res.provenance(ctx, row["item_id"], r, dev, recorded, sources) for r in built]
-                if dev["id"] not in devices:
-                    built.insert(0, dev)
-                for resource in built:
-                    checks.check(resource)
-            except (InvalidFhirResource, KeyError, TypeError, ValueError) as exc:
+            if outcome.get("without_study"):
+                stats["without_study"] += 1
+            if kind == "invalid":
                 stats["invalid"] += 1
-                writer.write(_outcome(ctx, row["item_id"], exc))
+                writer.write_line("OperationOutcome", outcome["outcome"])
                 continue
-            devices.add(dev["id"])
-            for resource in built:
-                writer.write(resource)
+            dev = outcome["device"]
+            if dev["id"] not in devices:
+                checks.check(dev)
+                writer.write(dev)
+                devices.add(dev["id"])
+            for rtype, line in outcome["lines"]:
+                writer.write_line(rtype, line)
             stats["exported"] += 1
         files = writer.commit()
     except BaseException:
@@ -126,6 +126,69 @@ def export_job(session: Session, job_id: int, out_dir: Path, *, patient_system: 
     )
     (Path(out_dir) / "manifest.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+#: Rows per chunk handed to a process when ``jobs`` > 1.
+CHUNK = 500
+
+
+def _outcomes(ctx: res.Context, workload: str, rows: Iterator[dict[str, Any]], jobs: int) -> Iterator[dict]:
+    """One outcome per row, in row order: built here, or by ``jobs`` processes with bounded work in flight."""
+    if jobs <= 1:
+        for row in rows:
+            yield build_item(ctx, workload, row)
+        return
+    pending: deque[Future] = deque()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for chunk in _chunks(rows, CHUNK):
+            pending.append(pool.submit(build_chunk, ctx, workload, chunk))
+            if len(pending) >= 2 * jobs:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def build_chunk(ctx: res.Context, workload: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [build_item(ctx, workload, row) for row in rows]
+
+
+def build_item(ctx: res.Context, workload: str, row: dict[str, Any]) -> dict[str, Any]:
+    """One result's resources (each with its Provenance), checked and serialised; or why there are none.
+
+    Returns ``{"kind": "skipped"}`` (no patient id), ``{"kind": "invalid", "outcome": line}`` or
+    ``{"kind": "ok", "device": dict, "lines": [(type, line), ...]}``; X-rays add ``without_study``.
+    """
+    if not row["patient_ref"]:
+        return {"kind": "skipped"}
+    out: dict[str, Any] = {}
+    sources: list[dict[str, Any]] = []
+    if workload == "xray":
+        row["study_uid"] = study_uid(row.pop("payload", None))
+        if row["study_uid"]:
+            sources.append(res.study_ref(row["study_uid"]))
+        else:
+            out["without_study"] = True
+    try:
+        dev = res.device(row["model_name"], row["model_version"])
+        built = res.BUILDERS[workload](ctx, row, dev)
+        recorded = res.instant(row["created_at"])
+        built += [res.provenance(ctx, row["item_id"], r, dev, recorded, sources) for r in built]
+        for resource in built:
+            checks.check(resource)
+    except (InvalidFhirResource, KeyError, TypeError, ValueError) as exc:
+        return {**out, "kind": "invalid", "outcome": dumps(_outcome(ctx, row["item_id"], exc))}
+    return {**out, "kind": "ok", "device": dev, "lines": [(r["resourceType"], dumps(r)) for r in built]}
 
 
 def _outcome(ctx: res.Context, item_id: int, exc: Exception) -> dict[str, Any]:

@@ -206,3 +206,15 @@ def test_study_uid_from_the_payload_or_the_dicom_header(tmp_path):
     assert study_uid({"kind": "dicom", "path": str(no_study)}) is None
     assert study_uid({"kind": "dicom", "path": str(tmp_path / "gone.dcm")}) is None
     assert study_uid({"kind": "png", "path": str(rg1)}) is None
+
+
+def test_processes_give_the_same_outcomes_in_the_same_order(monkeypatch):
+    from medbatch.interop.fhir import export
+
+    monkeypatch.setattr(export, "CHUNK", 3)  # 20 rows: 7 chunks over 2 processes, at most 4 in flight
+    many = [{**rows()["risk"], "item_id": i, "patient_ref": None if i == 5 else f"P{i}"} for i in range(20)]
+    many[7]["score"] = 1.7  # withheld, with an OperationOutcome
+    serial = list(export._outcomes(CTX, "risk", iter(copy.deepcopy(many)), 1))
+    assert [o["kind"] for o in serial].count("ok") == 18 and serial[5] == {"kind": "skipped"}
+    assert serial[7]["kind"] == "invalid" and "probability must lie in [0, 1]" in serial[7]["outcome"]
+    assert list(export._outcomes(CTX, "risk", iter(copy.deepcopy(many)), 2)) == serial
