@@ -74,6 +74,7 @@ def collect(database_url: str, night: date, tz: str = "UTC") -> dict[str, Any]:
             "models": q.model_usage(s, ids),
             "llm": q.llm_usage(s, by_workload.get("report", [])),
             "dead_batches": q.dead_batches(s, ids),
+            "dicom_undelivered": repo.delivery_failures(s, by_workload.get("xray", []), limit=20),
             "inbox": [
                 {"path": e.path, "workload": e.workload, "status": e.status, "reason": e.reason, "job_id": e.job_id}
                 for e in repo.night_entries(s, start, end)
@@ -205,7 +206,7 @@ def render(data: dict[str, Any]) -> str:
     attention = [j for j in jobs if j["status"] not in ("completed",)]
     verdict = (
         '<p class="ok">Every job completed cleanly.</p>'
-        if jobs and not attention and not data["dead_batches"]
+        if jobs and not attention and not data["dead_batches"] and not (data.get("dicom_undelivered") or [0])[0]
         else ('<p class="bad">Needs attention: see the jobs and errors below.</p>' if jobs else "<p>No jobs.</p>")
     )
     parts = [
@@ -266,6 +267,19 @@ def render(data: dict[str, Any]) -> str:
         parts.append("<p>No errors.</p>")
     if data["dead_batches"]:
         parts.append(f'<p class="bad">{data["dead_batches"]} batch(es) were dead-lettered.</p>')
+    undelivered, failures = data.get("dicom_undelivered") or (0, [])
+    if undelivered:
+        parts.append(f"<h2>Findings not delivered to the PACS ({undelivered})</h2>")
+        parts.append(
+            _table(
+                ["job", "object", "destination", "tries", "reason"],
+                [
+                    [_e(f["job_id"]), _e(f["kind"].upper()), _e(f["destination"]), _e(f["attempts"]), _e(f["reason"])]
+                    for f in failures
+                ],
+                numeric={3},
+            )
+        )
     parts.append(f"<h2>X-ray positives awaiting review ({data['flagged_xrays_total']})</h2>")
     if data["flagged_xrays"]:
         shown = data["flagged_xrays"]

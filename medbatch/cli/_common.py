@@ -19,7 +19,14 @@ import typer
 from rich.console import Console
 
 from medbatch.config import get_settings, redact_url
-from medbatch.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, MedbatchError, NotFound
+from medbatch.errors import (
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    InvalidInput,
+    MedbatchError,
+    NotFound,
+    PacsUnavailable,
+)
 
 app = typer.Typer(
     help="medbatch: overnight AI batch processing for hospital data.",
@@ -57,6 +64,8 @@ def handle(exc: MedbatchError) -> typer.Exit:
         )
     if isinstance(exc, DatabaseUnavailable):
         return fail(f"{exc} ({redact_url(get_settings().database_url)})", EXIT_UNAVAILABLE)
+    if isinstance(exc, PacsUnavailable):
+        return fail(f"{exc}; what was done so far is recorded: run the same command again later", EXIT_UNAVAILABLE)
     return fail(str(exc), EXIT_FAILED)
 
 

@@ -49,6 +49,8 @@ def _print_status(c: dict) -> None:
             " · ".join(f"{k} {v}{review if k == 'pneumonia' else ''}" for k, v in sorted(c["labels"].items())),
         )
     table.add_row("batches", ", ".join(f"{k} {v}" for k, v in sorted(c["batches"].items())) or "none")
+    if c.get("dicom_deliveries"):
+        table.add_row("DICOM to PACS", ", ".join(f"{k} {v}" for k, v in sorted(c["dicom_deliveries"].items())))
     if c["errors_by_stage"]:
         table.add_row("errors", ", ".join(f"{k} {v}" for k, v in sorted(c["errors_by_stage"].items())))
     if c.get("provider_batch"):

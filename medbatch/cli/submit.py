@@ -162,7 +162,23 @@ def submit_report(
 @submit_app.command("xray")
 @with_exit_codes
 def submit_xray(
-    folder: Annotated[Path, typer.Argument(help="Folder of PNG, JPEG or DICOM radiographs (searched recursively).")],
+    folder: Annotated[
+        Path | None, typer.Argument(help="Folder of PNG, JPEG or DICOM radiographs (searched recursively).")
+    ] = None,
+    from_pacs: Annotated[
+        str | None,
+        typer.Option(
+            "--from-pacs",
+            help="DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web) instead of a folder; credentials "
+            "from MEDBATCH_PACS_USERNAME/_PASSWORD or MEDBATCH_PACS_TOKEN.",
+        ),
+    ] = None,
+    study_date: Annotated[
+        str | None, typer.Option("--study-date", help="With --from-pacs: YYYYMMDD or YYYYMMDD-YYYYMMDD.")
+    ] = None,
+    modality: Annotated[
+        str | None, typer.Option("--modality", help="With --from-pacs: studies with these modalities, e.g. CR,DX.")
+    ] = None,
     include: Annotated[
         list[str] | None, typer.Option("--include", help="File-name pattern to take (repeatable) \\[default: *].")
     ] = None,
@@ -175,11 +191,32 @@ def submit_xray(
     as_json: AsJson = False,
     wait: Wait = False,
 ) -> None:
-    """Chest X-ray pneumonia classification over a folder of images, with Grad-CAM and draft findings."""
+    """Chest X-ray pneumonia classification over a folder of images (or a PACS's studies, --from-pacs), with
+    Grad-CAM and draft findings."""
+    from medbatch.errors import InvalidInput
     from medbatch.producer.submit import submit_images
 
     settings = get_settings()
+    if (folder is None) == (from_pacs is None):
+        raise InvalidInput("give a folder or --from-pacs URL (one of them)")
+    if from_pacs is None and (study_date or modality):
+        raise InvalidInput("--study-date and --modality go with --from-pacs")
     url = ready_db()
+    if from_pacs is not None:
+        from medbatch.producer.pacs import submit_pacs
+
+        summary = submit_pacs(
+            from_pacs,
+            database_url=url,
+            send=sender(),
+            batch_size=batch_size or settings.imaging_batch_size,
+            access=settings.pacs_access(),
+            study_date=study_date,
+            modalities=[m.strip() for m in (modality or "").split(",") if m.strip()],
+            accepted_modalities=settings.modality_list(),
+        )
+        _after_submit(summary, url, as_json, wait)
+        return
     with _staging_progress("hashing", folder.name, None, show=not as_json) as progress:
         summary = submit_images(
             folder,

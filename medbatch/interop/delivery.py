@@ -319,3 +319,45 @@ def _record(database_url, job_id, item_id, destination, kinds, reason, summary) 
 def return_destination(job_options: dict, configured: str) -> str | None:
     """Where an automatic return goes: ``MEDBATCH_PACS_RETURN_TO``, else the PACS the job came from."""
     return configured.strip() or (job_options or {}).get("pacs")
+
+
+def return_due(database_url: str, batch_id: int, enabled: bool) -> int | None:
+    """After a batch: the job whose findings should now go back automatically (``MEDBATCH_PACS_RETURN``), once."""
+    if not enabled:
+        return None
+    with session_scope(database_url) as s:
+        job_id = repo.job_of_batch(s, batch_id)
+        return job_id if repo.pacs_return_due(s, job_id) else None
+
+
+def return_job(
+    job_id: int,
+    *,
+    database_url: str,
+    configured_destination: str,
+    access: PacsAccess | None,
+    calling_aet: str,
+    expected_db: str | None = None,
+) -> dict[str, Any]:
+    """The automatic return of a PACS-sourced job's findings (the task retries a destination that is down)."""
+    with session_scope(database_url) as s:
+        repo.check_instance(s, expected_db)
+        job = repo.get_job(s, job_id)
+        destination = return_destination(job.options or {}, configured_destination)
+    if not destination:
+        log.warning("job %s: no destination for its findings (set MEDBATCH_PACS_RETURN_TO)", job_id)
+        return {"job_id": job_id, "skipped": "no destination"}
+    summary = export_job(job_id, destination, database_url=database_url, access=access, calling_aet=calling_aet)
+    with session_scope(database_url) as s:
+        repo.audit(s, actor="pacs-return", action="export", job_id=job_id, detail=audit_detail(summary))
+    return {k: v for k, v in summary.as_dict().items() if k != "reasons"}
+
+
+def audit_detail(summary: ExportSummary) -> dict[str, Any]:
+    from medbatch.config import redact_url
+
+    return {
+        "what": "dicom",
+        "to": redact_url(summary.destination),
+        **{k: getattr(summary, k) for k in ("objects", "sent", "already_sent", "failed", "not_dicom")},
+    }

@@ -21,6 +21,7 @@ TASK_MODULES = [
     "medbatch.tasks.maintenance",
     "medbatch.tasks.imaging",
     "medbatch.tasks.molecules",
+    "medbatch.tasks.dicom",
 ]
 
 

@@ -28,6 +28,8 @@ JOB_TASKS: dict[str, Route] = {
     "reconcile": Route("medbatch.maintenance.reconcile", "tabular"),
     "nightly": Route("medbatch.maintenance.nightly", "tabular"),
     "morning_summary": Route("medbatch.maintenance.morning_summary", "tabular"),
+    # Findings of a PACS-sourced X-ray job back to the PACS (MEDBATCH_PACS_RETURN): imaging hosts reach the PACS.
+    "dicom_return": Route("medbatch.dicom.return_job", "imaging"),
 }
 
 

@@ -119,9 +119,11 @@ def delivery_failures(session: Session, job_ids: Sequence[int], limit: int = 20)
 
 
 def pacs_return_due(session: Session, job_id: int) -> bool:
-    """True once for a finished PACS-sourced job whose automatic return was not yet queued (marks it queued)."""
-    job = session.get(Job, job_id)
-    if job is None or not (job.options or {}).get("pacs") or job.finished_at is None:
+    """True once for a finished PACS-sourced job (pulled, or received by the listener) whose automatic return
+    was not yet queued; marks it queued (the job row is locked, so two last batches cannot both queue it)."""
+    job = session.get(Job, job_id, with_for_update=True)
+    options = job.options or {} if job is not None else {}
+    if job is None or not (options.get("pacs") or options.get("dicom_claim")) or job.finished_at is None:
         return False
     if (job.options or {}).get("dicom_return_queued"):
         return False

@@ -64,9 +64,17 @@ def job_counts(session: Session, job_id: int) -> dict[str, Any]:
         "error": job.error,
         "provider_batch": (job.options or {}).get("provider_batch"),
         "metrics": job.metrics,
+        # X-ray findings sent back to a PACS as DICOM: objects by delivery state (sent / failed).
+        "dicom_deliveries": _delivery_counts(session, job_id) if job.workload == "xray" else {},
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
+
+
+def _delivery_counts(session: Session, job_id: int) -> dict[str, int]:
+    from medbatch.db.repository.deliveries import delivery_counts
+
+    return delivery_counts(session, job_id)
 
 
 def label_counts(session: Session, job_id: int) -> dict[str, int]:

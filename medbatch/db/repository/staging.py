@@ -95,6 +95,15 @@ def add_staged_counts(session: Session, job_id: int, *, items: int, batches: int
         )
 
 
+def _error_key(key: str) -> str:
+    """``key``, or its hash when longer than the column (a long path, a PACS instance URI)."""
+    if len(key) <= 160:
+        return key
+    import hashlib
+
+    return "validation:sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
 def record_rejections(session: Session, *, job_id: int, errors: Sequence[dict[str, Any]]) -> None:
     """Record input rows that failed validation (dicts with source_uri, source_row, patient_ref, reason).
 
@@ -106,7 +115,7 @@ def record_rejections(session: Session, *, job_id: int, errors: Sequence[dict[st
         {
             "job_id": job_id,
             "item_id": None,
-            "error_key": f"validation:{e['source_uri']}:{e.get('source_row')}",
+            "error_key": _error_key(f"validation:{e['source_uri']}:{e.get('source_row')}"),
             "stage": "validation",
             "source_uri": e["source_uri"],
             "source_row": e.get("source_row"),
