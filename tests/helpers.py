@@ -22,6 +22,18 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 T = TypeVar("T")
 
+#: A risk CSV with a BOM, CRLF, a blank line, a quoted comma and rows that must be rejected (3 of 6 are valid).
+MESSY_RISK_CSV = (
+    "\ufeffpatient_id,age,bmi,exercise_frequency,smoking_history,notes\r\n"
+    "A1,54,27.5,3,0,ok\r\n"
+    "A2,abc,27.5,3,0,not a number\r\n"
+    "\r\n"
+    'A3,61,"31,5",0,20,"quoted, comma"\r\n'
+    "A4,54,27.5,3,0,extra,field\r\n"
+    "A5,200,27.5,3,0,too old\r\n"
+    "A6,70,22,1,10,ok\r\n"
+)
+
 
 def need(service: str, reason: str) -> None:
     """Skip locally, fail in CI."""
