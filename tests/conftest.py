@@ -161,6 +161,18 @@ def start_worker(service_env, celery_app, tmp_path: Path):
             sys.stderr.write(f"--- {worker.name} log tail ---\n{worker.log_path.read_text()[-1500:]}\n")
 
 
+# --------------------------------------------------------------------------- fakes
+
+
+@pytest.fixture
+def llm():
+    """A local OpenAI-compatible server (chat and batch API) for this test; its batches complete on the first poll."""
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer(batch_polls_to_complete=1) as server:
+        yield server
+
+
 # --------------------------------------------------------------------------- imaging
 
 

@@ -34,6 +34,15 @@ MESSY_RISK_CSV = (
     "A6,70,22,1,10,ok\r\n"
 )
 
+#: Report facts for three patients, with identifiers that must never leave (name, MRN, address, phone...).
+REPORT_FACTS_CSV = (
+    "patient_id,name,date_of_birth,address,phone,email,ssn,sex,bmi,blood_pressure,cholesterol,diabetes,conditions\n"
+    "MRN-7731002,Maria Gonzalez,1961-03-14,221B Baker Street,555-867-5309,maria.g@example.org,078-05-1120,F,31.4,"
+    '152/95,262,yes,"hypertension; seen by John Smith on 2024-02-01, call 555-867-5309"\n'
+    "MRN-7731003,Ann Lee,1950-07-02,1 Main St,555-000-1111,ann@example.org,123-45-6789,F,24.0,128,190,no,asthma\n"
+    "MRN-7731004,Bo Chan,1975-11-30,2 Main St,555-000-2222,bo@example.org,223-45-6789,M,27.2,139,240,no,none\n"
+)
+
 
 def need(service: str, reason: str) -> None:
     """Skip locally, fail in CI."""

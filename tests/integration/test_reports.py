@@ -7,11 +7,10 @@ from sqlalchemy import select
 
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
-from medbatch.db.tables import Batch, Report
+from medbatch.db.tables import Report
 from medbatch.producer.submit import submit_records, submit_reports
 from medbatch.producer.synthetic import write_patients
-from tests.fakes.openai_server import FakeOpenAIServer
-from tests.helpers import wait_for_job
+from tests.helpers import REPORT_FACTS_CSV, wait_for_job
 
 pytestmark = pytest.mark.integration
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -26,20 +25,6 @@ IDENTIFIERS = [
     "078-05-1120",
     "John Smith",
 ]
-
-FACTS_CSV = (
-    "patient_id,name,date_of_birth,address,phone,email,ssn,sex,bmi,blood_pressure,cholesterol,diabetes,conditions\n"
-    "MRN-7731002,Maria Gonzalez,1961-03-14,221B Baker Street,555-867-5309,maria.g@example.org,078-05-1120,F,31.4,"
-    '152/95,262,yes,"hypertension; seen by John Smith on 2024-02-01, call 555-867-5309"\n'
-    "MRN-7731003,Ann Lee,1950-07-02,1 Main St,555-000-1111,ann@example.org,123-45-6789,F,24.0,128,190,no,asthma\n"
-    "MRN-7731004,Bo Chan,1975-11-30,2 Main St,555-000-2222,bo@example.org,223-45-6789,M,27.2,139,240,no,none\n"
-)
-
-
-@pytest.fixture
-def llm():
-    with FakeOpenAIServer(batch_polls_to_complete=1) as server:
-        yield server
 
 
 @pytest.fixture
@@ -67,7 +52,7 @@ def test_reports_online_with_429_500_and_refusal_and_no_identifier_leaves(
     start_worker("reports", pool="threads", concurrency=1, env=llm_env)
     llm.script("429", "500", "ok", "refusal", "ok")
     path = tmp_path / "facts.csv"
-    path.write_text(FACTS_CSV)
+    path.write_text(REPORT_FACTS_CSV)
     # When a report job runs
     summary = submit_reports(
         database_url=db_url, send=sender, provider="openai", llm_model="gpt-4o-mini", path=path, batch_size=2
@@ -112,7 +97,7 @@ def test_report_from_earlier_job_carries_its_findings(db_url, sender, start_work
 def test_token_budget_stops_spending_and_says_so(db_url, sender, start_worker, llm, llm_env, tmp_path):
     start_worker("reports", pool="threads", concurrency=1, env=llm_env)
     path = tmp_path / "facts.csv"
-    path.write_text(FACTS_CSV)
+    path.write_text(REPORT_FACTS_CSV)
     summary = submit_reports(
         database_url=db_url,
         send=sender,
@@ -134,7 +119,7 @@ def test_overnight_mode_goes_through_the_batch_api(db_url, sender, start_worker,
     start_worker("reports", pool="threads", concurrency=2, env=llm_env)
     llm.script("ok", "length", "ok")
     path = tmp_path / "facts.csv"
-    path.write_text(FACTS_CSV)
+    path.write_text(REPORT_FACTS_CSV)
     summary = submit_reports(
         database_url=db_url,
         send=sender,
@@ -162,7 +147,7 @@ def test_overnight_mode_goes_through_the_batch_api(db_url, sender, start_worker,
 def test_offline_provider_without_a_key(db_url, sender, start_worker, tmp_path):
     start_worker("reports", pool="threads", concurrency=2, env={"MEDBATCH_LLM_PROVIDER": "auto"})
     path = tmp_path / "facts.csv"
-    path.write_text(FACTS_CSV)
+    path.write_text(REPORT_FACTS_CSV)
     summary = submit_reports(
         database_url=db_url, send=sender, provider="offline", llm_model="", path=path, batch_size=2
     )
@@ -193,51 +178,3 @@ def test_shared_rate_limit_holds_across_workers(redis_url):
     assert [a.acquire(10), b.acquire(10), a.acquire(10)] == [0, 0, 0]
     waited = b.acquire(10)  # the fourth request in the same minute waits for the next one
     assert waited == pytest.approx(40.0) and slept == [pytest.approx(40.0)]
-
-
-@sqlite_only
-def test_provider_still_failing_after_every_attempt_becomes_an_item_error(db_url, llm, tmp_path):
-    """5xx and timeouts are retried with backoff, then recorded with a reason; the rest of the batch goes on."""
-    from medbatch.ml.reports import make_provider
-    from medbatch.pipeline.reports import CallPolicy, generate_batch
-
-    path = tmp_path / "facts.csv"
-    path.write_text(FACTS_CSV)
-    summary = submit_reports(
-        database_url=db_url, send=lambda *a: None, provider="openai", llm_model="gpt-4o-mini", path=path, batch_size=10
-    )
-    llm.script("500", "timeout", "500")  # the first report fails three times, the others succeed
-    provider = make_provider("openai", api_key="sk-test", base_url=llm.base_url, model="gpt-4o-mini", timeout_s=0.5)
-    slept: list[float] = []
-    with session_scope(db_url) as s:
-        batch_id = s.scalar(select(Batch.id).where(Batch.job_id == summary.job_id))
-    out = generate_batch(
-        batch_id,
-        database_url=db_url,
-        max_attempts=5,
-        provider_for=lambda *_: provider,
-        limiter=None,
-        policy=CallPolicy(max_attempts=3, backoff_base_s=0.01),
-        sleep=slept.append,
-    )
-    with session_scope(db_url) as s:
-        errors = list(repo.iter_errors(s, summary.job_id))
-        counts = repo.job_counts(s, summary.job_id)
-    assert out == {"batch_id": batch_id, "status": "done", "results": 2, "failures": 1}
-    assert len(slept) == 2 and slept[1] > slept[0]  # exponential backoff between the three tries
-    assert "provider unavailable after 3 attempts" in errors[0]["reason"]
-    assert counts["status"] == "completed_with_errors"
-
-
-@sqlite_only
-def test_report_facts_that_are_not_plausible_numbers_are_rejected(db_url, tmp_path):
-    path = tmp_path / "facts.csv"
-    path.write_text("patient_id,age,bmi,conditions\nA,abc,xx,asthma\nB,54,400,none\nC,61,27.5,asthma\n")
-    summary = submit_reports(
-        database_url=db_url, send=lambda *a: None, provider="offline", llm_model="", path=path, batch_size=5
-    )
-    with session_scope(db_url) as s:
-        reasons = {e["patient_id"]: e["reason"] for e in repo.iter_errors(s, summary.job_id)}
-    assert summary.items_staged == 1
-    assert "age 'abc' is not a number" in reasons["A"] and "bmi 'xx' is not a number" in reasons["A"]
-    assert "bmi 400 is outside the plausible range" in reasons["B"]
