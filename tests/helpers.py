@@ -44,6 +44,20 @@ REPORT_FACTS_CSV = (
 )
 
 
+#: Values that identify a patient in :func:`identifying_patients`' file; none may appear outside the database.
+IDENTIFYING = ("MRN-88", "Leakcheck", "555-77", "1961-04-")
+
+
+def identifying_patients(path: Path, n: int = 60) -> Path:
+    """A risk CSV of ``n`` patients with names, phones and dates of birth (row 7 has a bad age)."""
+    lines = ["patient_id,name,phone,date_of_birth,age,bmi,exercise_frequency,smoking_history"]
+    for i in range(n):
+        age = "abc" if i == 7 else str(30 + i % 50)  # one bad row: its rejection reason must not quote it
+        lines.append(f"MRN-88{i:05d},Ada Leakcheck{i},555-77{i:02d},1961-04-{1 + i % 28:02d},{age},27.5,2,0")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def need(service: str, reason: str) -> None:
     """Skip locally, fail in CI."""
     if IN_CI:

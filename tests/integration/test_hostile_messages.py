@@ -10,8 +10,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import wait_for_job
-from tests.integration.test_leaks import _patients
+from tests.helpers import identifying_patients, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -64,7 +63,8 @@ def _drained(redis_url: str, timeout_s: float = 30) -> bool:
 def _valid_job_completes(db_url, sender, tmp_path, name: str = "after.csv") -> None:
     from medbatch.producer.submit import submit_records
 
-    summary = submit_records(_patients(tmp_path / name, 10), "risk", database_url=db_url, send=sender, batch_size=5)
+    path = identifying_patients(tmp_path / name, 10)
+    summary = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=5)
     assert wait_for_job(db_url, summary.job_id, timeout_s=60)["items_done"] == 9
 
 
@@ -99,7 +99,7 @@ def test_arguments_that_do_not_fit_the_task_are_refused_never_retried(
     from medbatch.producer.submit import submit_records
 
     held: list[int] = []  # staged, not sent yet
-    path = _patients(tmp_path / "p.csv", 4)
+    path = identifying_patients(tmp_path / "p.csv", 4)
     summary = submit_records(path, "risk", database_url=db_url, send=lambda _t, _q, b: held.append(b), batch_size=10)
     (batch_id,) = held
     assert batch_id == 1
@@ -180,3 +180,38 @@ def test_fuzz_broker_bodies_never_stop_the_worker(redis_url, db_url, celery_app,
     assert worker.process.poll() is None
     log = worker.log_path.read_text(errors="replace")
     assert "Unrecoverable error" not in log and "Retry in" not in log
+
+
+def test_a_message_for_another_workloads_task_changes_nothing(
+    redis_url, db_url, celery_app, sender, start_worker, tmp_path
+):
+    # Given a report job staged (its message held back), and a worker for the tabular and report queues
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.producer.submit import submit_reports
+
+    held: list[tuple[str, str, int]] = []
+    path = identifying_patients(tmp_path / "facts.csv", 3)
+    summary = submit_reports(
+        database_url=db_url,
+        send=lambda task, queue, batch: held.append((task, queue, batch)),
+        provider="offline",
+        llm_model="template",
+        path=path,
+        batch_size=10,
+    )
+    ((task, queue, report_batch),) = held
+    worker = start_worker("tabular,reports")
+    # When a tabular scoring message names the report batch (with the right database identity)
+    sender("medbatch.tabular.score_batch", "tabular", report_batch)
+    assert _drained(redis_url)
+    # Then it was refused permanently (not retried) and the report batch is as it was
+    log = worker.log_path.read_text(errors="replace")
+    assert "WrongWorkload" in log and "Retry in" not in log, log[-3000:]
+    with session_scope(db_url) as s:
+        counts = repo.job_counts(s, summary.job_id)
+    assert counts["items_failed"] == 0 and counts["items_done"] == 0, counts
+    # And the real report message then drafts every report
+    sender(task, queue, report_batch)
+    done = wait_for_job(db_url, summary.job_id, timeout_s=60)
+    assert done["items_done"] == summary.items_staged and done["items_failed"] == 0, done

@@ -11,22 +11,10 @@ import time
 import pytest
 import redis
 
+from tests.helpers import IDENTIFYING, identifying_patients, wait_for, wait_for_job
 from tests.helpers import run_cli as medbatch
-from tests.helpers import wait_for, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
-
-#: Values that identify a patient in the file below; none may appear outside the database.
-IDENTIFYING = ("MRN-88", "Leakcheck", "555-77", "1961-04-")
-
-
-def _patients(path, n: int = 60):
-    lines = ["patient_id,name,phone,date_of_birth,age,bmi,exercise_frequency,smoking_history"]
-    for i in range(n):
-        age = "abc" if i == 7 else str(30 + i % 50)  # one bad row: its rejection reason must not quote it
-        lines.append(f"MRN-88{i:05d},Ada Leakcheck{i},555-77{i:02d},1961-04-{1 + i % 28:02d},{age},27.5,2,0")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _decoded(raw: bytes | str) -> str:
@@ -80,7 +68,7 @@ def test_a_real_job_leaves_no_patient_field_in_redis_events_or_logs(
 ):
     # Given a patient file with names, phones and dates of birth, and a listener on every Redis channel
     # (Celery events, which Flower shows as task args, travel over PUBLISH)
-    path = _patients(tmp_path / "patients.csv")
+    path = identifying_patients(tmp_path / "patients.csv")
     client = redis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
     pubsub.psubscribe("*")
@@ -176,5 +164,6 @@ def test_messages_in_any_content_type_but_json_are_refused_and_logged(
     client = redis.Redis.from_url(redis_url)
     assert client.llen("tabular") == 0 and not client.hlen("unacked")
     # And the worker goes on with real work
-    summary = submit_records(_patients(tmp_path / "p.csv", 10), "risk", database_url=db_url, send=sender, batch_size=5)
+    path = identifying_patients(tmp_path / "p.csv", 10)
+    summary = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=5)
     assert wait_for_job(db_url, summary.job_id, timeout_s=30)["items_done"] == 9
