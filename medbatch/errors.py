@@ -69,6 +69,10 @@ class NotFound(PermanentError):
     """A job, batch or model that does not exist."""
 
 
+class WrongWorkload(PermanentError):
+    """A message for one workload's task names a batch or job of another workload: refused, nothing changed."""
+
+
 class InvalidModelOutput(PermanentError):
     """The model answered, but not with a usable report: refusal, empty, truncated, malformed.
 

@@ -53,18 +53,25 @@ def release_claim(database_url: str, batch_id: int, reason: str) -> None:
 
 
 def run_batch(
-    batch_id: int, *, database_url: str, max_attempts: int, predict: Predict, expected_db: str | None = None
+    batch_id: int,
+    *,
+    database_url: str,
+    max_attempts: int,
+    predict: Predict,
+    expected_db: str | None = None,
+    workloads: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Claim ``batch_id``, predict its pending items with the job's model, write every outcome at once.
 
     A :class:`PermanentError` (no model, tampered artifact) fails every item of the batch with the
     reason: a failed model call is never recorded as a finding. A retryable error hands the batch back
-    (the attempt is not counted) and propagates, so the task retries with backoff.
+    (the attempt is not counted) and propagates, so the task retries with backoff. ``workloads``: the
+    ones the caller serves; a batch of another is refused unchanged (``repository.claim_batch``).
     """
     started = time.perf_counter()
     with session_scope(database_url) as s:  # claim and read in one transaction
         repo.check_instance(s, expected_db)
-        claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts)
+        claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts, workloads=workloads)
         items = repo.load_pending_items(s, batch_id) if claim is not None else []
     if claim is None:
         log.info("batch %s already finished; nothing written", batch_id)

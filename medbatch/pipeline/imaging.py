@@ -216,4 +216,5 @@ def classify_batch(
         max_attempts=max_attempts,
         predict=lambda model, items: classify_items(model, items, options),
         expected_db=expected_db,
+        workloads=("xray",),
     )

@@ -129,7 +129,12 @@ def generate_batch(
     Idempotent: a batch that is already done writes nothing and returns ``status="skipped"``.
     """
     out = run_batch(
-        batch_id, database_url=database_url, max_attempts=max_attempts, predict=generate_items, expected_db=expected_db
+        batch_id,
+        database_url=database_url,
+        max_attempts=max_attempts,
+        predict=generate_items,
+        expected_db=expected_db,
+        workloads=("molecules",),
     )
     with session_scope(database_url) as s:
         job_id = repo.job_of_batch(s, batch_id)

@@ -17,7 +17,14 @@ from typing import Any, Protocol
 from medbatch import defaults
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
-from medbatch.errors import BrokerUnavailable, DatabaseUnavailable, PermanentError, RateLimited, RetryableError
+from medbatch.errors import (
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    PermanentError,
+    RateLimited,
+    RetryableError,
+    WrongWorkload,
+)
 from medbatch.pipeline.common import item_failure, release_claim
 
 log = logging.getLogger("medbatch.pipeline.reports")
@@ -110,7 +117,7 @@ def generate_batch(
     """
     with session_scope(database_url) as s:
         repo.check_instance(s, expected_db)
-        claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts)
+        claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts, workloads=("report",))
     if claim is None:
         return {"batch_id": batch_id, "status": "skipped"}
     budget = claim.options.get("budget_tokens")
@@ -177,6 +184,14 @@ def _facts(payload: dict[str, Any]) -> Any:
 # --------------------------------------------------------------------------- overnight mode (Batch API)
 
 
+def _report_job(session, job_id: int) -> Any:
+    """The report job ``job_id``; a job of another workload is refused unchanged (its items never reach a provider)."""
+    job = repo.get_job(session, repo.check_row_id(job_id, "job id"))
+    if job.workload != "report":
+        raise WrongWorkload(f"job {job_id} is a {job.workload} job, not a report job: refused, nothing changed")
+    return job
+
+
 def _job_provider(job: Any, provider_for: Callable[[str, str], Any]) -> Any:
     return provider_for(job.model_name, (job.options or {}).get("llm_model", ""))
 
@@ -193,7 +208,7 @@ def submit_provider_batch(
     """
     with session_scope(database_url) as s:
         repo.check_instance(s, expected_db)
-        job = repo.get_job(s, job_id)
+        job = _report_job(s, job_id)
         existing = (job.options or {}).get("provider_batch", {}).get("id")
         if existing:
             return {"job_id": job_id, "provider_batch_id": existing, "submitted": False}
@@ -224,7 +239,7 @@ def poll_provider_batch(
     """
     with session_scope(database_url) as s:
         repo.check_instance(s, expected_db)
-        job = repo.get_job(s, job_id)
+        job = _report_job(s, job_id)
         info = dict((job.options or {}).get("provider_batch") or {})
         provider = _job_provider(job, provider_for)
     if not info.get("id"):

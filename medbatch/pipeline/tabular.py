@@ -61,5 +61,10 @@ def score_batch(
         A small summary: batch id, status, counts of results and failures.
     """
     return run_batch(
-        batch_id, database_url=database_url, max_attempts=max_attempts, predict=predict_items, expected_db=expected_db
+        batch_id,
+        database_url=database_url,
+        max_attempts=max_attempts,
+        predict=predict_items,
+        expected_db=expected_db,
+        workloads=("risk", "treatment"),
     )

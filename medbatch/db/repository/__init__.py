@@ -26,6 +26,7 @@ from medbatch.db.repository.auditing import (
 )
 from medbatch.db.repository.batches import (
     ClaimedBatch,
+    check_row_id,
     claim_batch,
     complete_batch,
     dead_letter_batch,
@@ -143,6 +144,7 @@ __all__ = [
     "audit_events",
     "bulk_insert",
     "check_instance",
+    "check_row_id",
     "claim_batch",
     "claim_entries",
     "claim_study",

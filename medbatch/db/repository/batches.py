@@ -5,7 +5,7 @@ state a pipeline sets (options, metrics, result details) and the batches a recon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,7 +29,7 @@ from medbatch.db.tables import (
     Result,
     utcnow,
 )
-from medbatch.errors import NotFound
+from medbatch.errors import InvalidInput, NotFound, WrongWorkload
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,45 @@ class ClaimedBatch:
     options: dict[str, Any]
 
 
-def claim_batch(session: Session, batch_id: int, *, max_attempts: int) -> ClaimedBatch | None:
+def check_row_id(value: object, what: str) -> int:
+    """``value`` if it is a row id (a positive BIGINT); ``1.5``, ``"1"``, ``True`` and ``2**70`` are not."""
+    if type(value) is not int or not 0 < value < 2**63:
+        raise InvalidInput(f"{what} must be a positive 64-bit integer (got a {type(value).__name__})")
+    return value
+
+
+def claim_batch(
+    session: Session, batch_id: int, *, max_attempts: int, workloads: Collection[str] | None = None
+) -> ClaimedBatch | None:
     """Mark a batch running and count the attempt; None when there is nothing to do.
 
     A batch already ``done`` or ``dead`` returns None: a re-delivered message writes nothing. A batch
     that has already been attempted ``max_attempts`` times is dead-lettered here, so a message that
     kills its worker every time stops being retried.
+
+    ``workloads``: those the calling task serves. The batch is found (and locked) only if its job is
+    of one of them, in the same statement; a batch of another workload raises :class:`WrongWorkload`
+    and is left exactly as it was (a message for one queue can never fail another workload's items).
+
+    Raises:
+        InvalidInput: ``batch_id`` is not a row id (checked before any SQL: ``1.5`` never matches batch 1).
+        WrongWorkload: the batch belongs to a job of another workload.
+        NotFound: there is no such batch.
     """
-    batch = session.get(Batch, batch_id, with_for_update=_dialect(session) == "postgresql")
+    check_row_id(batch_id, "batch id")
+    stmt = select(Batch).where(Batch.id == batch_id)
+    if workloads is not None:
+        stmt = stmt.join(Job, Job.id == Batch.job_id).where(Job.workload.in_(sorted(workloads)))
+    if _dialect(session) == "postgresql":
+        stmt = stmt.with_for_update(of=Batch)
+    batch = session.scalars(stmt).one_or_none()
     if batch is None:
+        other = session.scalar(select(Job.workload).join(Batch, Batch.job_id == Job.id).where(Batch.id == batch_id))
+        if other is not None:
+            raise WrongWorkload(
+                f"batch {batch_id} belongs to a {other} job, not to {' or '.join(sorted(workloads or ()))}: "
+                "refused, nothing changed (a message sent to the wrong task?)"
+            )
         raise NotFound(f"no batch {batch_id}")
     if batch.status in FINISHED_BATCH:
         return None
