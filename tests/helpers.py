@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -163,3 +164,38 @@ def _register(db_url: str, name: str, artifact: Path, source: str) -> str:
     with session_scope(db_url) as s:
         repo.register_model(s, name=name, version=version, uri=str(artifact), metrics={}, training_source=source)
     return version
+
+
+# --------------------------------------------------------------------------- FHIR test data
+
+
+def fhir_context():
+    """The FHIR builders' context of the unit tests: a fixed database identity and patient system."""
+    from medbatch.interop.fhir import resources
+
+    return resources.Context(
+        instance="0b7c7a8e-1111-4c1e-9a8b-0c4d6e7f8a9b", patient_system="urn:oid:1.2.36.146.595.217.0.1"
+    )
+
+
+FHIR_AT = datetime(2026, 12, 1, 3, 4, 5, 678000, tzinfo=UTC)
+FHIR_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+
+
+def fhir_rows() -> dict[str, dict]:
+    """One result row per workload, as the FHIR export reads them."""
+    common = {"patient_ref": "MRN-0042", "created_at": FHIR_AT, "report_text": None, "requires_review": True}
+    return {
+        "risk": {**common, "item_id": 11, "label": "high", "score": 0.41, "model_name": "risk",
+                 "model_version": "df33c8363188eeeb", "detail": {"threshold": 0.2341,
+                                                                  "probabilities": {"low": 0.59, "high": 0.41}}},
+        "treatment": {**common, "item_id": 12, "label": "lifestyle_only", "score": 0.83, "model_name": "treatment",
+                      "model_version": "715b9ad2dd955cfa", "detail": {"threshold": None, "probabilities": {
+                          "antihypertensive_medication": 0.17, "lifestyle_only": 0.83}}},
+        "xray": {**common, "item_id": 13, "label": "pneumonia", "score": 0.91, "model_name": "xray",
+                 "model_version": "abc123", "study_uid": FHIR_STUDY,
+                 "detail": {"probability": 0.91, "threshold": 0.5, "findings": "Opacity in the right lower zone."}},
+        "report": {**common, "item_id": 14, "label": "draft_requires_review", "score": None,
+                   "model_name": "offline:template", "model_version": "v3", "detail": {},
+                   "report_text": "Condition: hypertension. Follow-up: 3 months. Ünïcode."},
+    }  # fmt: skip

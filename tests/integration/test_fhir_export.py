@@ -16,8 +16,8 @@ from medbatch.db.session import session_scope
 from medbatch.interop.fhir import checks
 from medbatch.producer.submit import submit_images, submit_records, submit_reports
 from medbatch.producer.synthetic import write_patients, write_xrays
-from tests.conftest import register_xray, run_cli, wait_for_job
 from tests.fakes.fhir_server import FakeFhirServer
+from tests.helpers import register_xray, run_cli, wait_for_job
 
 pytestmark = pytest.mark.integration
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -9,7 +9,11 @@ from medbatch.interop.fhir import resources as r
 from medbatch.interop.fhir.bulk import NdjsonWriter
 from medbatch.interop.fhir.push import send
 from tests.fakes.fhir_server import FakeFhirServer
-from tests.unit.interop.test_fhir import AT, CTX, rows
+from tests.helpers import FHIR_AT as AT
+from tests.helpers import fhir_context
+from tests.helpers import fhir_rows as rows
+
+CTX = fhir_context()
 
 
 def _export(tmp_path, n: int):
