@@ -49,7 +49,8 @@ def dciodvfy_missing() -> str | None:
 class Orthanc:
     workdir: Path
     aet: str = "ORTHANC"
-    lua: str | None = None  # a Lua script (e.g. a ReceivedInstanceFilter that refuses some objects)
+    lua: str | None = None  # a Lua script (a filter that refuses some requests, a routing rule)
+    modalities: dict | None = None  # DicomModalities; default TEST_MODALITIES
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
@@ -84,7 +85,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": False,
             "DicomAlwaysAllowEcho": False,
             "DicomCheckModalityHost": False,
-            "DicomModalities": TEST_MODALITIES,
+            "DicomModalities": self.modalities or TEST_MODALITIES,
             "OverwriteInstances": False,
             "StableAge": 1,
             "Plugins": [str(PLUGINS / "libOrthancDicomWeb.so"), str(PLUGINS / "libOrthancGdcm.so")],
@@ -151,6 +152,11 @@ class Orthanc:
     def clear(self) -> None:
         for pid in requests.get(f"{self.url}/patients", timeout=10).json():
             requests.delete(f"{self.url}/patients/{pid}", timeout=30).raise_for_status()
+
+    def all_studies_stable(self) -> bool:
+        """Every study has been quiet for StableAge (Orthanc has run its OnStableStudy rules)."""
+        studies = requests.get(f"{self.url}/studies", params={"expand": ""}, timeout=10).json()
+        return bool(studies) and all(st.get("IsStable") for st in studies)
 
     def count_instances(self, **filters: str) -> int:
         """How many instances a QIDO-RS search finds (e.g. ``Modality="SR"``)."""

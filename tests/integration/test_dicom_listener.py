@@ -18,8 +18,8 @@ from medbatch.db.session import session_scope
 from medbatch.db.tables import DicomReceived, Job, utcnow
 from medbatch.errors import InvalidInput
 from medbatch.interop.listener import DicomListener, ListenerConfig, instance_path
-from tests.helpers import register_xray
-from tests.integration.test_pacs import generated_study, process
+from tests.helpers import register_xray, wait_for
+from tests.integration.test_pacs import DICOM_DIR, generated_study, process, start_orthanc
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration
@@ -147,3 +147,40 @@ def test_listener_restart_mid_staging_stages_nothing_twice(sqlite_url, tmp_path,
 def test_listener_needs_configured_calling_aets(sqlite_url, tmp_path):
     with pytest.raises(InvalidInput, match="MEDBATCH_DICOM_ALLOWED_AETS"):
         DicomListener(ListenerConfig(database_url=sqlite_url, inbox=tmp_path), send=None)
+
+
+def test_the_documented_orthanc_routing_rule_routes_chest_films_to_the_listener(sqlite_url, tmp_path):
+    # Given Orthanc running the routing rule of docs/deploy.md, with the listener as its "medbatch" modality
+    import re
+
+    rule = re.search(r"```lua\n(.*?)```", (Path(__file__).parents[2] / "docs" / "deploy.md").read_text(), re.S)
+    port = free_port()
+    node = DicomListener(
+        ListenerConfig(
+            database_url=sqlite_url, inbox=tmp_path / "inbox", port=port, host="127.0.0.1",
+            allowed_aets=("ORTHANC",), settle_s=30,
+        ),
+        send=None,
+    )
+    node.start()
+    orthanc = start_orthanc(
+        tmp_path / "orthanc", lua=rule.group(1), modalities={"medbatch": ["MEDBATCH", "127.0.0.1", port]}
+    )
+    try:
+        # When a CR chest film and a CT arrive in Orthanc and their studies become stable
+        orthanc.upload(Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes())
+        orthanc.upload((DICOM_DIR / "RG1_UNCR.dcm").read_bytes())
+
+        # Then the chest film reaches the listener, and once both studies are stable the CT has not
+        def received():
+            with session_scope(sqlite_url) as s:
+                return repo.received_counts(s)
+
+        assert wait_for(received, timeout_s=60, what="Orthanc's routed C-STORE") == {"received": 1}
+        wait_for(lambda: orthanc.all_studies_stable(), timeout_s=60, what="both studies stable in Orthanc")
+        assert received() == {"received": 1}
+    finally:
+        orthanc.stop()
+        node.stop()
+    with session_scope(sqlite_url) as s:
+        assert s.scalar(select(DicomReceived.calling_aet)) == "ORTHANC"

@@ -44,11 +44,11 @@ end
 """
 
 
-def start_orthanc(workdir: Path, lua: str | None = None) -> Orthanc:
+def start_orthanc(workdir: Path, lua: str | None = None, modalities: dict | None = None) -> Orthanc:
     why = orthanc_missing()
     if why:
         need("Orthanc", why)
-    orthanc = Orthanc(workdir, lua=lua)
+    orthanc = Orthanc(workdir, lua=lua, modalities=modalities)
     orthanc.start()
     return orthanc
 
