@@ -198,9 +198,9 @@ def test_submit_molecules_takes_its_batch_size_from_the_settings(service_env):
 def test_beat_keeps_its_schedule_in_its_own_deployment(service_env, tmp_path):
     import subprocess
     import sys
-    import time
 
     from medbatch.config import Settings
+    from tests.helpers import wait_for
 
     # Given two deployments on one host, each with its own results directory
     a, b = (Settings(results_dir=tmp_path / d).beat_schedule_path() for d in ("a", "b"))
@@ -212,15 +212,16 @@ def test_beat_keeps_its_schedule_in_its_own_deployment(service_env, tmp_path):
         [sys.executable, "-m", "medbatch.cli", "beat"],
         env={**os.environ, **service_env},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not list(results.glob("celerybeat-schedule*")) and beat.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
         # Then its schedule file is in that deployment's results directory, not a fixed one under /tmp
-        assert list(results.glob("celerybeat-schedule*")), beat.stderr.read() if beat.poll() is not None else ""
+        found = wait_for(
+            lambda: beat.poll() is not None or list(results.glob("celerybeat-schedule*")),
+            timeout_s=60,
+            what="beat's schedule file in the deployment's results directory",
+        )
+        assert found is not True and beat.poll() is None, f"beat exited with {beat.returncode}"
     finally:
         beat.terminate()
         beat.wait(timeout=30)
