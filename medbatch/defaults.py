@@ -121,3 +121,15 @@ DICOM_AET = "MEDBATCH"
 DICOM_PORT = 11112
 #: A study quiet this long (no new instance) is staged as a job by the listener, seconds.
 DICOM_STUDY_SETTLE_S = 60
+
+# --- model governance (champion, calibration, drift) ------------------------------------------------
+#: Folds of the training-split cross-validation that picks the tabular champion and its calibrator.
+MODEL_CV_FOLDS = 5
+#: A feature's population stability index (tonight's inputs vs training) above this is drift.
+DRIFT_PSI_MAX = 0.25
+#: A feature with more than this share of rows outside its training range is drift (0-1).
+DRIFT_OUT_OF_RANGE_MAX = 0.05
+#: Fewer rows than this give too noisy a PSI to flag on (out-of-range is still flagged).
+DRIFT_MIN_ROWS_FOR_PSI = 100
+#: Expected calibration error (10 equal-width bins, held-out split) a shipped tabular model must stay under.
+CALIBRATION_ECE_MAX = 0.05

@@ -1,4 +1,5 @@
-"""How a binary classifier is measured: one Youden threshold, one block of rates, calibration bins, a ROC plot.
+"""How a binary classifier is measured: one Youden threshold, one block of rates, calibration bins and the
+expected calibration error, a reliability plot, a ROC plot.
 
 The tabular models (:mod:`medbatch.ml.tabular`) and the X-ray CNN (:mod:`medbatch.ml.xray`) both use
 these, so "sensitivity at the threshold" means the same thing everywhere: a score at or above the
@@ -123,6 +124,54 @@ def calibration_bins(y_pos: np.ndarray, p: np.ndarray, *, min_rows_per_bin: int)
             }
         )
     return bins
+
+
+def expected_calibration_error(y_pos: np.ndarray, p: np.ndarray, *, n_bins: int = CALIBRATION_MAX_BINS) -> float | None:
+    """Expected calibration error: ``sum(n_b / n * |observed_b - mean_predicted_b|)`` over ``n_bins``
+    equal-width bins of predicted probability on [0, 1] (empty bins skipped); ``None`` without rows."""
+    y_pos = np.asarray(y_pos, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if len(p) == 0:
+        return None
+    idx = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        mask = idx == b
+        if mask.any():
+            total += mask.sum() / len(p) * abs(float(y_pos[mask].mean()) - float(p[mask].mean()))
+    return float(total)
+
+
+def reliability_png(curves: dict[str, list[dict[str, Any]]], title: str) -> bytes:
+    """A reliability plot (mean predicted vs observed per bin, one line per model) from
+    :func:`calibration_bins` tables, as PNG bytes; the diagonal is perfect calibration."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    top = 0.0
+    for label, bins in curves.items():
+        xs = [b["mean_predicted"] for b in bins]
+        ys = [b["observed"] for b in bins]
+        top = max(top, *xs, *ys) if xs else top
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    top = min(1.0, max(0.05, top * 1.05))
+    ax.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect calibration")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("mean predicted probability (held-out bin)")
+    ax.set_ylabel("observed rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def roc_png(y_true: np.ndarray, scores: np.ndarray, threshold: float, title: str) -> bytes:

@@ -72,12 +72,12 @@ def _treatment_frame(n: int = 300, seed: int = 2) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def trained_risk():
-    return train_risk(_risk_frame(), seed=0)
+    return train_risk(_risk_frame(), seed=0, cv_folds=3)
 
 
 @pytest.fixture(scope="module")
 def trained_treatment():
-    return train_treatment(_treatment_frame(), seed=0)
+    return train_treatment(_treatment_frame(), seed=0, cv_folds=3)
 
 
 @pytest.fixture()

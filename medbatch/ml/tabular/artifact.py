@@ -17,6 +17,7 @@ import skops.io as sio
 from sklearn.pipeline import Pipeline
 
 from medbatch.errors import ModelMisconfigured
+from medbatch.ml import evaluation
 from medbatch.ml.artifacts import VERSION_CHARS, atomic_write, bytes_version, read_artifact
 from medbatch.ml.tabular.contract import WORKLOAD_FEATURES, TabularModel
 from medbatch.ml.tabular.training import TrainedModel
@@ -32,6 +33,7 @@ TRUSTED_TYPES = [
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.isotonic.IsotonicRegression",
     "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._classes.DecisionTreeClassifier",
     "sklearn.tree._tree.Tree",
     "numpy.dtype",
@@ -81,7 +83,9 @@ def save_model(trained: TrainedModel, directory: Path, *, training_source: str) 
         "features": list(trained.features),
         "classes": list(trained.classes),
         "threshold": trained.threshold,
+        "positive_class": trained.positive_class,
         "metrics": trained.metrics,
+        "drift_reference": trained.reference or None,
         "training_source": training_source,
         "sklearn_version": sklearn.__version__,
         "skops_version": getattr(sio, "__version__", None) or _package_version("skops"),
@@ -95,6 +99,9 @@ def save_model(trained: TrainedModel, directory: Path, *, training_source: str) 
     atomic_write(skops_path, data)
     atomic_write(directory / f"{trained.name}.json", (json.dumps(metadata, indent=2) + "\n").encode())
     atomic_write(directory / f"{trained.name}.card.md", card.encode())
+    if trained.reliability:
+        png = evaluation.reliability_png(trained.reliability, f"{trained.name}: reliability on the held-out split")
+        atomic_write(directory / f"{trained.name}.reliability.png", png)
     return skops_path
 
 

@@ -53,6 +53,84 @@ def _calibration_table(bins: list[dict]) -> str:
     return "\n".join(rows)
 
 
+NICE_NAMES = {
+    "logistic_regression": "LogisticRegression",
+    "random_forest": "RandomForest",
+    "hist_gradient_boosting": "HistGradientBoosting",
+}
+
+
+def _nice(name: str | None) -> str:
+    return NICE_NAMES.get(name or "", name or "n/a")
+
+
+def _candidates_table(metrics: dict) -> str:
+    """Every candidate side by side (uncalibrated, fitted on the training split), then the shipped model."""
+    cands = metrics.get("candidates") or {}
+    gov = metrics.get("governance") or {}
+    rows = [
+        "| Candidate | CV AUC (training split) | Held-out AUC | Held-out Brier | Held-out ECE |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in cands.items():
+        tags = [t for t, on in (("article's model", c.get("article_model")), ("champion", name == gov.get("champion")))
+                if on]
+        label = _nice(name) + (f" ({', '.join(tags)})" if tags else "")
+        cv = c["cv_auc_train"]
+        rows.append(
+            f"| {label} | {_fmt(cv['mean'])} ± {_fmt(cv['sd'])} | {_fmt(c['heldout_auc'])} "
+            f"| {_fmt(c['heldout_brier'])} | {_fmt(c['heldout_ece'])} |"
+        )
+    m = metrics["model"]
+    cal = (gov.get("calibration") or {}).get("method", "n/a")
+    cv, brier = metrics["cv_auc_train"], m.get("brier", m.get("brier_multiclass"))
+    rows.append(
+        f"| **Shipped: {_nice(gov.get('champion'))} + {cal} calibration** | {_fmt(cv['mean'])} ± {_fmt(cv['sd'])} "
+        f"| {_fmt(m['auc'])} | {_fmt(brier)} | {_fmt(m.get('ece'))} |"
+    )
+    return "\n".join(rows)
+
+
+def _candidate_subgroups(metrics: dict) -> str:
+    cands = metrics.get("candidates") or {}
+    names = list(cands)
+    rows = ["| Subgroup | n | " + " | ".join(_nice(n) for n in names) + " | Shipped |", "|---" * (len(names) + 3) + "|"]
+    for kind, groups in metrics["subgroups"].items():
+        for label, entry in groups.items():
+            cells = [_fmt((cands[n].get("subgroup_auc") or {}).get(kind, {}).get(label)) for n in names]
+            rows.append(f"| {kind} = {label} | {entry['n']} | " + " | ".join(cells) + f" | {_fmt(entry['auc'])} |")
+    return "\n".join(rows)
+
+
+def _champion_paragraph(metrics: dict) -> str:
+    gov = metrics.get("governance") or {}
+    cal = gov.get("calibration") or {}
+    briers = cal.get("cv_brier") or {}
+    champion = _nice(gov.get("champion"))
+    if gov.get("forced"):
+        chosen = f"**{champion}** was forced (`--model`); no other candidate was fitted."
+    elif gov.get("runner_up"):
+        chosen = (
+            f"**{champion} won** on cross-validated AUC on the training split, by "
+            f"{_fmt(gov.get('cv_auc_margin'))} over {_nice(gov.get('runner_up'))}."
+        )
+    else:
+        chosen = f"**{champion}** was the only candidate."
+    brier_text = ", ".join(f"{k} {_fmt(v, 4)}" for k, v in briers.items())
+    best = gov.get("best_candidate_heldout_auc")
+    return (
+        f"{chosen} The held-out split played no part in the choice; it was looked at once, for this card. "
+        f"The champion was then calibrated with CalibratedClassifierCV, **{cal.get('method', 'n/a')}** "
+        f"(cross-validated Brier on the training split: {brier_text}). Shipped held-out AUC "
+        f"{_fmt(metrics['model']['auc'])} (best candidate held out: {_fmt(best)}); expected calibration error "
+        f"{_fmt(metrics['model'].get('ece'))} (10 equal-width bins)."
+    )
+
+
+def reliability_link(name: str) -> str:
+    return f"![reliability plot]({name}.reliability.png)"
+
+
 INTENDED_USE = (
     "Decision support for overnight batch review of hospital records. Every output requires review by a "
     "clinician before it influences care. Not for diagnosis, not for triage on its own, not for any "
@@ -62,19 +140,13 @@ INTENDED_USE = (
 
 def risk_card(metrics: dict) -> str:
     """The risk model's card from its held-out metrics."""
-    cal = metrics["calibration_choice"]
-    calibrator = (
-        "A sigmoid calibrator (CalibratedClassifierCV) was added because it lowered the out-of-fold Brier score."
-        if cal["used_calibrator"]
-        else "No calibrator was added: logistic regression was already calibrated (a sigmoid calibrator changed "
-        f"the out-of-fold Brier score from {_fmt(cal['oof_brier_logistic'], 4)} to "
-        f"{_fmt(cal['oof_brier_sigmoid_calibrated'], 4)}, less than the {cal['gain_required']} gain required)."
-    )
+    gov = metrics.get("governance") or {}
     return f"""# Model card: risk
 
-StandardScaler + LogisticRegression giving P(outcome) from age, BMI, exercise and smoking.
-A row is labelled **high** when P(outcome) >= {_fmt(metrics["threshold"], 4)} (Youden's J on out-of-fold
-predictions of the training split), otherwise **low**.
+{_nice(gov.get("champion"))} (the champion of {len(metrics.get("candidates") or {})} candidates), calibrated with
+CalibratedClassifierCV ({(gov.get("calibration") or {}).get("method", "n/a")}), giving P(outcome) from age, BMI,
+exercise and smoking. A row is labelled **high** when P(outcome) >= {_fmt(metrics["threshold"], 4)} (Youden's J on
+out-of-fold calibrated predictions of the training split), otherwise **low**.
 
 ## Intended use
 {INTENDED_USE}
@@ -96,22 +168,32 @@ all cigarette smokers at the 1971 baseline, followed to 1992.
   model only ever saw the values 0, 2 and 4.
 - outcome = `death` (died by 1992); sex from `sex` (0 male, 1 female), used only for subgroup metrics.
 
-## Held-out evaluation
+## Candidates and the champion
 Stratified split (seed 0), {metrics["n_train"]} training / {metrics["n_test"]} held-out rows; outcome prevalence
-{_fmt(metrics["prevalence"]["test"])} in the held-out split. Baseline: the same pipeline on age alone.
+{_fmt(metrics["prevalence"]["test"])} in the held-out split. Candidates: the article's LogisticRegression, plus
+RandomForest and HistGradientBoosting, each fitted on the training split only.
+
+{_candidates_table(metrics)}
+
+{_champion_paragraph(metrics)}
+
+{reliability_link("risk")}
+
+## Held-out evaluation of the shipped model
+Baseline: LogisticRegression on age alone.
 
 {_metrics_table(metrics)}
 
-{_comparison_sentence(metrics, "four-feature model", "age-only baseline")}
+{_comparison_sentence(metrics, "shipped model", "age-only baseline")}
 Sensitivity and specificity are at each model's own training-split threshold.
 
-Calibration. {calibrator} Reliability on the held-out split (quantile bins):
+Reliability on the held-out split (quantile bins):
 
 {_calibration_table(metrics["model"]["calibration_bins"])}
 
-Subgroups (held-out split):
+Subgroup AUC (held-out split), every candidate and the shipped model:
 
-{_subgroup_table(metrics)}
+{_candidate_subgroups(metrics)}
 
 ## Limitations
 - NHEFS is 1970s US adults who all smoked at baseline: the model has never seen a non-smoker
@@ -120,6 +202,8 @@ Subgroups (held-out split):
 - Age dominates the prediction; compare with the age-only baseline above before trusting the other features.
 - exercise_frequency was learnt from a three-level mapping (see above).
 - No external validation: all figures come from a held-out split of the same cohort.
+- Every job is compared with the training inputs (drift: PSI per feature, share outside the training range);
+  a flagged job means these figures may not hold for it.
 """
 
 
@@ -127,19 +211,28 @@ def treatment_card(metrics: dict, *, n_estimators: int, max_depth: int, min_samp
     """The treatment model's card from its held-out metrics and the forest's limits."""
     classes = ", ".join(f"`{c}`" for c in metrics["classes"])
     block = metrics["model"]
+    gov = metrics.get("governance") or {}
     extra = ""
     if "calibration_bins" in block:
         extra = (
-            f"\nReliability of P({metrics['positive_class']}) on the held-out split (quantile bins). A class-balanced "
-            "forest over-predicts the rare class by design, so read these probabilities as scores, not rates:\n\n"
-            f"{_calibration_table(block['calibration_bins'])}\n"
+            f"\nReliability of P({metrics['positive_class']}) of the shipped (calibrated) model on the held-out split "
+            f"(quantile bins):\n\n{_calibration_table(block['calibration_bins'])}\n\n{reliability_link('treatment')}\n"
         )
+    if metrics.get("threshold") is not None:
+        rule = (
+            f"The label is `{metrics['positive_class']}` when its calibrated probability is at least "
+            f"{_fmt(metrics['threshold'], 4)} (Youden's J on out-of-fold predictions of the training split), "
+            "otherwise the other class; the score is the probability of the label."
+        )
+    else:
+        rule = "The label is the most probable class; the score is its probability."
     return f"""# Model card: treatment
 
-RandomForestClassifier ({n_estimators} trees, max depth {max_depth}, leaves of at least
-{min_samples_leaf:.0%} of the training rows, class_weight="balanced") predicting a plan class.
-The depth and leaf size were picked by 5-fold cross-validated AUC on the training split only.
-Classes: {classes}. The label is the most probable class; the score is its probability.
+{_nice(gov.get("champion"))} (the champion of {len(metrics.get("candidates") or {})} candidates), calibrated with
+CalibratedClassifierCV ({(gov.get("calibration") or {}).get("method", "n/a")}), predicting a plan class.
+The article's model, a RandomForestClassifier ({n_estimators} trees, max depth {max_depth}, leaves of at least
+{min_samples_leaf:.0%} of the training rows, class_weight="balanced"), is one of the candidates.
+Classes: {classes}. {rule}
 
 ## Intended use
 {INTENDED_USE}
@@ -164,19 +257,25 @@ The default model uses the Framingham Heart Study teaching extract bundled with 
   `prevalentHyp` is largely defined by blood pressure itself (circular), and a guideline rule computed from
   the inputs would be a formula, not something to learn. With about 3% on medication, the positive class is rare.
 
-## Held-out evaluation
-Stratified split (seed 0), {metrics["n_train"]} training / {metrics["n_test"]} held-out rows.
+## Candidates and the champion
+Stratified split (seed 0), {metrics["n_train"]} training / {metrics["n_test"]} held-out rows. AUC is
+{block["auc_kind"]}. Candidates, each fitted on the training split only:
+
+{_candidates_table(metrics)}
+
+{_champion_paragraph(metrics)}
+
+## Held-out evaluation of the shipped model
 Baseline: StandardScaler + LogisticRegression(class_weight="balanced") on the same five features.
-AUC is {block["auc_kind"]}.
 
 {_metrics_table(metrics)}
 
-{_comparison_sentence(metrics, "random forest", "logistic-regression baseline")}
-Sensitivity and specificity (binary only) are for the rarer class, predicted when it is the most probable.
+{_comparison_sentence(metrics, "shipped model", "logistic-regression baseline")}
+Sensitivity and specificity (binary only) are for the rarer class, at the rule above.
 {extra}
-Subgroups (held-out split):
+Subgroup AUC (held-out split), every candidate and the shipped model:
 
-{_subgroup_table(metrics)}
+{_candidate_subgroups(metrics)}
 
 ## Limitations
 - Framingham is one US town (Framingham, Massachusetts), largely white, examined decades ago.
@@ -184,4 +283,6 @@ Subgroups (held-out split):
   while treated is itself lowered by the treatment.
 - The rare class makes every held-out figure noisy (few positives in the held-out split).
 - No external validation: all figures come from a held-out split of the same cohort.
+- Every job is compared with the training inputs (drift: PSI per feature, share outside the training range);
+  a flagged job means these figures may not hold for it.
 """

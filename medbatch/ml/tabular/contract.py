@@ -27,7 +27,8 @@ class TabularPredictions:
 
     Attributes:
         labels: Predicted label per row. Risk: ``"high"`` when P(outcome) >= threshold, else ``"low"``.
-            Treatment: the most probable plan class.
+            Treatment: the rarer plan class when its probability reaches the stored threshold (two
+            classes), else the most probable plan class.
         scores: float64 per row. Risk: calibrated P(outcome) in [0, 1]. Treatment: probability of the
             predicted class.
         probabilities: ``(n_rows, n_classes)`` float64, rows sum to 1, columns in ``classes`` order.
@@ -80,14 +81,31 @@ class TabularModel:
             empty = np.empty((0, len(self.classes)), dtype=np.float64)
             return TabularPredictions([], np.empty(0, dtype=np.float64), empty, list(self.classes))
         probabilities = np.asarray(self.estimator.predict_proba(matrix), dtype=np.float64)
-        if self.name == "risk":
-            scores = probabilities[:, 1].copy()
-            labels = _risk_labels(scores, float(self.threshold if self.threshold is not None else 0.5))
-        else:
-            best = probabilities.argmax(axis=1)
-            scores = probabilities[np.arange(len(best)), best]
-            labels = [self.classes[i] for i in best]
+        labels, scores = labels_and_scores(
+            self.name, probabilities, self.classes, self.threshold, self.metadata.get("positive_class")
+        )
         return TabularPredictions(labels, scores, probabilities, list(self.classes))
+
+
+def labels_and_scores(
+    name: str, probabilities: np.ndarray, classes: list[str], threshold: float | None, positive: str | None
+) -> tuple[list[str], np.ndarray]:
+    """Labels and scores from class probabilities, the one rule training (drift reference) and prediction share.
+
+    Risk: ``"high"`` when P(outcome) >= threshold, score P(outcome). Treatment: with two classes, a threshold
+    and a ``positive`` class, that class when its probability is at or above the threshold, else the other;
+    otherwise the most probable class; the score is the probability of the label.
+    """
+    if name == "risk":
+        scores = probabilities[:, 1].copy()
+        return _risk_labels(scores, float(threshold if threshold is not None else 0.5)), scores
+    if threshold is not None and len(classes) == 2 and positive in classes:
+        col = classes.index(positive)
+        best = np.where(probabilities[:, col] >= threshold, col, 1 - col)
+    else:
+        best = probabilities.argmax(axis=1)
+    scores = probabilities[np.arange(len(best)), best]
+    return [classes[i] for i in best], scores
 
 
 def _workload_features(workload: str) -> tuple[str, ...]:

@@ -70,13 +70,25 @@ def _binary_block(y: np.ndarray, p: np.ndarray, threshold: float, *, with_calibr
     }
     if with_calibration:
         block["calibration_bins"] = _calibration_bins(y_pos, p)
+        block["ece"] = evaluation.expected_calibration_error(y_pos, p)
     return block
 
 
 def _class_block(
-    y: np.ndarray, proba: np.ndarray, classes: list[str], positive: str | None, *, with_calibration: bool
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    positive: str | None,
+    *,
+    with_calibration: bool,
+    threshold: float | None = None,
 ) -> dict:
-    predicted = np.asarray(classes)[proba.argmax(axis=1)]
+    """Held-out block of a plan classifier: labels by ``threshold`` on P(positive) when given, else argmax."""
+    if threshold is not None and positive is not None:
+        col = classes.index(positive)
+        predicted = np.asarray(classes)[np.where(proba[:, col] >= threshold, col, 1 - col)]
+    else:
+        predicted = np.asarray(classes)[proba.argmax(axis=1)]
     block: dict = {
         "auc": _auc(y, proba, classes),
         "auc_kind": "roc_auc" if len(classes) == 2 else "macro one-vs-rest roc_auc",
@@ -93,9 +105,11 @@ def _class_block(
         col = classes.index(positive)
         y_pos = y == positive
         block["brier"] = float(brier_score_loss(y_pos, proba[:, col]))
-        block["at_threshold"] = {"rule": "most probable class", **evaluation.rates(y_pos, predicted == positive)}
+        rule = "most probable class" if threshold is None else f"P({positive}) >= {threshold:.4f}"
+        block["at_threshold"] = {"rule": rule, **evaluation.rates(y_pos, predicted == positive)}
         if with_calibration:
             block["calibration_bins"] = _calibration_bins(y_pos, proba[:, col])
+            block["ece"] = evaluation.expected_calibration_error(y_pos, proba[:, col])
     else:
         onehot = (y[:, None] == np.asarray(classes)[None, :]).astype(float)
         block["brier_multiclass"] = float(np.mean(np.sum((proba - onehot) ** 2, axis=1)))
