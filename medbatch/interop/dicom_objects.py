@@ -238,15 +238,18 @@ def _sc_from(source: Any, pixels: np.ndarray, uids: dict[str, str]) -> Any:
 
 
 def _fixed_times(ds: Any, source: Any) -> None:
-    """Content/series dates from the source study, so the same export twice gives the same object."""
+    """Every date/time of the object from the source study, so the same export twice gives the same object."""
     date = str(source.get("StudyDate", "") or "19000101")
     time = str(source.get("StudyTime", "") or "000000")
-    for kw in ("ContentDate", "SeriesDate", "InstanceCreationDate"):
+    for kw in ("ContentDate", "SeriesDate", "InstanceCreationDate", "DateOfSecondaryCapture"):
         if kw in ds:
             setattr(ds, kw, date)
-    for kw in ("ContentTime", "SeriesTime", "InstanceCreationTime"):
+    for kw in ("ContentTime", "SeriesTime", "InstanceCreationTime", "TimeOfSecondaryCapture"):
         if kw in ds:
             setattr(ds, kw, time)
+    for item in ds.get("ContributingEquipmentSequence", []):  # highdicom stamps "now" on its own entry
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = date + time
 
 
 def to_bytes(ds: Any) -> bytes:
