@@ -61,18 +61,23 @@ def wait_for_jobs(
 ) -> dict[int, dict]:
     """Look at the jobs every ``poll_s`` until every one has finished or ``timeout_s`` has passed (None: no limit).
 
-    ``on_progress`` gets the latest status of every job (``{job_id: job_status}``) after each look, the last
-    one included. Returns that same mapping; a job still unfinished at the timeout is returned as it stood
-    (check :func:`is_finished`). ``measure_missing`` as for :func:`job_status`.
+    Each look is one cheap read of the jobs' counts by state (``repository.job_counts``, one transaction);
+    ``on_progress`` gets them (``{job_id: counts}``) after each look, the last one included. Returns the full
+    :func:`job_status` of every job once the wait is over; a job still unfinished at the timeout is returned
+    as it stood (check :func:`is_finished`). ``measure_missing`` as for :func:`job_status`.
     """
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+
     ids = list(dict.fromkeys(job_ids))
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        latest = {job_id: job_status(database_url, job_id, measure_missing=measure_missing) for job_id in ids}
+        with session_scope(database_url) as s:
+            latest = {job_id: repo.job_counts(s, job_id) for job_id in ids}
         if on_progress is not None:
             on_progress(latest)
         if all(is_finished(c) for c in latest.values()) or (deadline is not None and time.monotonic() >= deadline):
-            return latest
+            return {job_id: job_status(database_url, job_id, measure_missing=measure_missing) for job_id in ids}
         time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
 
 
@@ -85,7 +90,7 @@ def wait_for_job(
     on_progress: Callable[[dict], object] | None = None,
     measure_missing: bool = False,
 ) -> dict:
-    """:func:`wait_for_jobs` for one job: ``on_progress`` gets its status after each look; returns the last one."""
+    """:func:`wait_for_jobs` for one job: ``on_progress`` gets its counts after each look; returns its status."""
     report = None if on_progress is None else (lambda latest: on_progress(latest[job_id]))
     latest = wait_for_jobs(
         database_url, [job_id], timeout_s=timeout_s, poll_s=poll_s, on_progress=report, measure_missing=measure_missing

@@ -22,7 +22,7 @@ def test_wait_for_job_reports_each_look_and_returns_at_the_timeout_or_the_finish
     # When waited for with no time to spare, it comes back as it stands, after one look reported
     counts = jobs.wait_for_job(sqlite_url, job, timeout_s=0, on_progress=seen.append)
     assert not jobs.is_finished(counts) and counts["status"] == "queued" and counts["items_done"] == 0
-    assert seen == [counts]
+    assert [(c["status"], c["items_total"]) for c in seen] == [("queued", 30)]
     # When its batches are scored, the next wait finishes on its first look, labels counted
     with session_scope(sqlite_url) as s:
         batch_ids = list(s.scalars(select(Batch.id).where(Batch.job_id == job)))
@@ -31,7 +31,7 @@ def test_wait_for_job_reports_each_look_and_returns_at_the_timeout_or_the_finish
     seen.clear()
     counts = jobs.wait_for_job(sqlite_url, job, timeout_s=60, on_progress=seen.append)
     assert jobs.is_finished(counts) and counts["items_done"] == 30 and sum(counts["labels"].values()) == 30
-    assert seen == [counts]
+    assert len(seen) == 1 and seen[0] == {k: v for k, v in counts.items() if k != "labels"}
     assert jobs.wait_for_jobs(sqlite_url, [job, job], timeout_s=60) == {job: counts}
 
 
