@@ -71,6 +71,8 @@ def celery_config(settings: Settings) -> dict:
         "task_default_queue": "tabular",
         "task_routes": task_routes(),
         "worker_hijack_root_logger": False,
+        # Messages no medbatch task strategy sees (unknown task, no task) are refused without their content.
+        "worker_consumer": "medbatch.worker.consumer:SafeConsumer",
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "enable_utc": True,
         # `medbatch beat` runs these; one beat per deployment.

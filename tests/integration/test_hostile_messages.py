@@ -215,3 +215,30 @@ def test_a_message_for_another_workloads_task_changes_nothing(
     sender(task, queue, report_batch)
     done = wait_for_job(db_url, summary.job_id, timeout_s=60)
     assert done["items_done"] == summary.items_staged and done["items_failed"] == 0, done
+
+
+def test_messages_for_no_medbatch_task_are_refused_without_their_content(
+    redis_url, db_url, celery_app, sender, start_worker, tmp_path
+):
+    # Given a worker, and messages Celery's consumer handles itself: an unknown task name, one without
+    # an id, a body that names its task inside (protocol 1) without an id, one with no task at all
+    worker = start_worker("tabular")
+    secret = "MRN-4471902 Jane Example"
+    with celery_app.connection_for_write() as conn:
+        producer = conn.Producer(serializer="json")
+        for headers, body in [
+            ({"task": "no.such.task", "id": "junk-a", "lang": "py"}, [[secret], {}, {}]),
+            ({"task": "no.such.task", "lang": "py"}, [[secret], {}, {}]),
+            ({}, {"task": "no.such.task", "args": [secret]}),
+            ({}, [secret]),
+            ({"task": ["not", "a", "name"], "id": "junk-b"}, [[secret], {}, {}]),
+        ]:
+            producer.publish(body, routing_key="tabular", exchange="", headers=headers)
+    assert _drained(redis_url)
+    # Then the worker is up, each was logged without its content, and a valid job still completes
+    assert worker.process.poll() is None
+    _valid_job_completes(db_url, sender, tmp_path)
+    log = worker.log_path.read_text(errors="replace")
+    assert "Unrecoverable error" not in log
+    assert "MRN-4471902" not in log and "Jane Example" not in log
+    assert log.count("Refusing a message") >= 5, log[-3000:]
