@@ -20,6 +20,19 @@ from medbatch.cli._common import (
 from medbatch.config import get_settings
 from medbatch.errors import InvalidInput
 
+ModelChoice = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Force one candidate instead of choosing: logistic_regression, random_forest, hist_gradient_boosting.",
+    ),
+]
+CvFolds = Annotated[int | None, typer.Option(min=2, max=20, help="Cross-validation folds [default: 5].")]
+Activate = Annotated[
+    bool, typer.Option("--activate/--no-activate", help="Make it the active model (unless worse than the active one).")
+]
+Force = Annotated[bool, typer.Option("--force", help="Activate even when its held-out metric is worse.")]
+
 train_app = typer.Typer(help="Train a model, evaluate it on held-out data and register it.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -36,9 +49,16 @@ def train_risk(
         Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    model: ModelChoice = None,
+    cv_folds: CvFolds = None,
+    activate: Activate = True,
+    force: Force = False,
 ) -> None:
-    """Train the LogisticRegression risk model, evaluate it on a held-out split and register it."""
-    _train("risk", csv_file, target, dataset or ("nhefs" if csv_file is None else None), out_dir, seed)
+    """Fit candidates, pick the champion by CV AUC, calibrate it, evaluate it held out and register it."""
+    _train(
+        "risk", csv_file, target, dataset or ("nhefs" if csv_file is None else None), out_dir, seed,
+        model=model, cv_folds=cv_folds, activate=activate, force=force,
+    )
 
 
 @train_app.command("treatment")
@@ -53,9 +73,17 @@ def train_treatment(
         Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    model: ModelChoice = None,
+    cv_folds: CvFolds = None,
+    activate: Activate = True,
+    force: Force = False,
 ) -> None:
-    """Train the RandomForest treatment-plan model, evaluate it on a held-out split and register it."""
-    _train("treatment", csv_file, target, dataset or ("framingham" if csv_file is None else None), out_dir, seed)
+    """Fit candidates (the article's RandomForest among them), pick the champion by CV AUC, calibrate it,
+    evaluate it held out and register it."""
+    _train(
+        "treatment", csv_file, target, dataset or ("framingham" if csv_file is None else None), out_dir, seed,
+        model=model, cv_folds=cv_folds, activate=activate, force=force,
+    )
 
 
 @train_app.command("xray")
@@ -81,6 +109,8 @@ def train_xray(
         Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    activate: Activate = True,
+    force: Force = False,
 ) -> None:
     """Train the article's X-ray CNN, report held-out AUC/sensitivity/specificity and register it."""
     from medbatch import training
@@ -114,15 +144,18 @@ def train_xray(
         threshold=chosen,
         threads=get_settings().imaging_decode_threads,
         log=lambda m: err.print(m, highlight=False),
+        activate=activate,
+        force=force,
     )
     trained, path, version, card = done.trained, done.path, done.version, done.card
     test = trained.meta["metrics"]["test"]
-    err.print(f"saved {path} (version {version}), registered as the active xray model; card {card}")
+    err.print(f"saved {path} (version {version}), {_registered(done)}; card {card}", highlight=False)
     out.print_json(
         json.dumps(
             {
                 "name": "xray",
                 "version": version,
+                "activated": done.activated,
                 "artifact": str(path),
                 "threshold": trained.meta["threshold"],
                 "held_out_test": test,
@@ -155,6 +188,8 @@ def train_molecules(
         Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (subset, weights, evaluation samples).")] = 0,
+    activate: Activate = True,
+    force: Force = False,
 ) -> None:
     """Train the SMILES CharRNN on the MOSES training set, measure it (MOSES metrics) and register it."""
     from medbatch import training
@@ -171,14 +206,17 @@ def train_molecules(
         eval_samples=eval_samples,
         time_budget_s=None if time_budget_min is None else time_budget_min * 60,
         log=lambda m: err.print(m, highlight=False),
+        activate=activate,
+        force=force,
     )
     trained, path, version, card = done.trained, done.path, done.version, done.card
-    err.print(f"saved {path} (version {version}), registered as the active molecules model; card {card}")
+    err.print(f"saved {path} (version {version}), {_registered(done)}; card {card}", highlight=False)
     out.print_json(
         json.dumps(
             {
                 "name": "molecules",
                 "version": version,
+                "activated": done.activated,
                 "artifact": str(path),
                 "metrics": trained.meta["metrics"],
                 "reference_moses_charrnn": molecules.MOSES_CHARRNN,
@@ -188,7 +226,23 @@ def train_molecules(
     )
 
 
-def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, out_dir: Path | None, seed: int) -> None:
+def _registered(done) -> str:
+    return f"registered as the active {done.name} model" if done.activated else done.note
+
+
+def _train(
+    name: str,
+    csv_file: Path | None,
+    target: str,
+    dataset: str | None,
+    out_dir: Path | None,
+    seed: int,
+    *,
+    model: str | None = None,
+    cv_folds: int | None = None,
+    activate: bool = True,
+    force: bool = False,
+) -> None:
     from medbatch import training
 
     url = ready_db()
@@ -201,29 +255,70 @@ def _train(name: str, csv_file: Path | None, target: str, dataset: str | None, o
         dataset=dataset,
         seed=seed,
         log=err.print,
+        model=model,
+        cv_folds=cv_folds,
+        activate=activate,
+        force=force,
     )
     trained, path, version = done.trained, done.path, done.version
     m = trained.metrics
-    err.print(f"saved {path} (version {version}), registered as the active {name} model")
-    err.print(f"model card: {done.card}")
-    headline = ("auc", "accuracy", "balanced_accuracy", "brier", "sensitivity", "specificity")
+    gov = m.get("governance", {})
+    err.print(f"saved {path} (version {version}), {_registered(done)}", highlight=False)
+    err.print(
+        f"champion {gov.get('champion')} ({gov.get('calibration', {}).get('method')} calibration); "
+        f"model card: {done.card}",
+        highlight=False,
+    )
+    headline = ("auc", "accuracy", "balanced_accuracy", "brier", "ece", "sensitivity", "specificity")
     summary = {
         "name": name,
         "version": version,
+        "activated": done.activated,
+        "note": done.note or None,
         "artifact": str(path),
         "n_train": m.get("n_train"),
         "n_test": m.get("n_test"),
+        "champion": gov.get("champion"),
+        "calibration": gov.get("calibration", {}).get("method"),
         "held_out": {k: m.get("model", {}).get(k) for k in headline if k in m.get("model", {})},
+        "candidates": {
+            k: {"cv_auc": c["cv_auc_train"]["mean"], "heldout_auc": c["heldout_auc"], "heldout_ece": c["heldout_ece"]}
+            for k, c in m.get("candidates", {}).items()
+        },
         "baseline": {k: m.get("baseline", {}).get(k) for k in ("description", "auc", "accuracy")},
         "winner_by_heldout_auc": m.get("winner_by_heldout_auc"),
     }
     out.print_json(json.dumps(summary, default=str))
 
 
-@app.command()
+models_app = typer.Typer(
+    help="The model registry: list versions (default), activate one, roll back.", invoke_without_command=True
+)
+app.add_typer(models_app, name="models")
+
+
+def _headline(name: str, metrics: dict) -> dict:
+    """The key held-out figures of a version, for ``medbatch models``."""
+    from medbatch import training
+
+    label, value = training.key_metric(name, metrics)
+    m = metrics.get("model") or metrics.get("test") or {}
+    out_: dict = {"key_metric": label, "value": value}
+    for k in ("auc", "brier", "ece", "sensitivity", "specificity"):
+        v = m.get(k, (m.get("at_threshold") or {}).get(k))
+        if v is not None:
+            out_[k] = v
+    if metrics.get("governance"):
+        out_["champion"] = metrics["governance"].get("champion")
+    return out_
+
+
+@models_app.callback()
 @with_exit_codes
-def models(as_json: AsJson = False) -> None:
-    """List registered models (the active one is used by new jobs)."""
+def models(ctx: typer.Context, as_json: AsJson = False) -> None:
+    """List registered models with their key held-out metrics (the active one is used by new jobs)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
 
@@ -236,13 +331,43 @@ def models(as_json: AsJson = False) -> None:
                 "uri": m.uri,
                 "training_source": m.training_source,
                 "created_at": m.created_at.isoformat(),
+                "held_out": _headline(m.name, m.metrics or {}),
             }
             for m in repo.list_models(s)
         ]
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("name", "version", "active", "uri", "trained on")
+    table = Table("name", "version", "active", "held-out", "uri", "trained on")
     for r in rows:
-        table.add_row(r["name"], r["version"], "yes" if r["active"] else "", r["uri"], r["training_source"])
+        h = r["held_out"]
+        shown = ", ".join(f"{k} {h[k]:.3f}" for k in ("auc", "ece", "brier") if isinstance(h.get(k), float))
+        if not shown and h.get("value") is not None:
+            shown = f"{h['key_metric']} {h['value']:.3f}"
+        table.add_row(
+            r["name"], r["version"], "yes" if r["active"] else "", shown, r["uri"], r["training_source"]
+        )
     out.print(table)
+
+
+@models_app.command("activate")
+@with_exit_codes
+def models_activate(
+    name: Annotated[str, typer.Argument(help="Model name: risk, treatment, xray, molecules.")],
+    version: Annotated[str, typer.Argument(help="A registered version (see `medbatch models`).")],
+) -> None:
+    """Make a registered version the one new jobs use (recorded in the audit log)."""
+    from medbatch import training
+
+    previous = training.activate_version(ready_db(), name, version)
+    err.print(f"{name} {version} is now active (was {previous or 'none'})", highlight=False)
+
+
+@models_app.command("rollback")
+@with_exit_codes
+def models_rollback(name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+    """Re-activate the version that was active before the last change (recorded in the audit log)."""
+    from medbatch import training
+
+    now, was = training.rollback(ready_db(), name)
+    err.print(f"{name} rolled back to {now} (was {was or 'none'})", highlight=False)

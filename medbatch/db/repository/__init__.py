@@ -80,6 +80,7 @@ from medbatch.db.repository.inbox import (
     taken_pairs,
 )
 from medbatch.db.repository.models import (
+    activate_model,
     active_model,
     find_model,
     list_models,
@@ -138,6 +139,7 @@ __all__ = [
     "INSERT_CHUNK",
     "InboxStatus",
     "QueueBacklog",
+    "activate_model",
     "active_model",
     "add_staged_counts",
     "audit",

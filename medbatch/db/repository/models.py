@@ -56,3 +56,18 @@ def find_model(session: Session, name: str, version: str) -> Model:
 
 def list_models(session: Session) -> list[Model]:
     return list(session.scalars(select(Model).order_by(Model.name, Model.id.desc())))
+
+
+def activate_model(session: Session, name: str, version: str) -> str | None:
+    """Make ``version`` the one new jobs of ``name`` use; returns the version that was active before (or None).
+
+    Raises:
+        NotFound: the version is not registered.
+    """
+    model = find_model(session, name, version)
+    previous = active_model(session, name)
+    session.execute(update(Model).where(Model.name == name, Model.version != version).values(active=False))
+    model.active = True
+    session.flush()
+    return None if previous is None else previous.version
+
