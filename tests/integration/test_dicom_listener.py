@@ -184,3 +184,47 @@ def test_the_documented_orthanc_routing_rule_routes_chest_films_to_the_listener(
         node.stop()
     with session_scope(sqlite_url) as s:
         assert s.scalar(select(DicomReceived.calling_aet)) == "ORTHANC"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_dicom_listen_command_stages_a_routed_study_and_a_worker_completes_it(
+    db_url, service_env, start_worker, xray_artifact, study_files, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import wait_for_job
+
+    register_xray(db_url, xray_artifact)
+    start_worker("imaging")
+    port = free_port()
+    env = {
+        **os.environ,
+        **service_env,
+        "MEDBATCH_DICOM_ALLOWED_AETS": "ROUTER",
+        "MEDBATCH_DICOM_STUDY_SETTLE_S": "0.5",
+        "MEDBATCH_DICOM_INBOX": str(tmp_path / "received"),
+    }
+    log = (tmp_path / "listen.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medbatch.cli", "dicom", "listen", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: proc.poll() is not None or echo(port, "ROUTER"), timeout_s=60, what="the listener")
+        assert proc.poll() is None, (tmp_path / "listen.log").read_text()
+        assert scu_send(port, study_files) == [0, 0, 0]
+
+        def staged():
+            with session_scope(db_url) as s:
+                return s.scalar(select(DicomReceived.job_id).where(DicomReceived.status == "staged"))
+
+        job_id = wait_for(staged, timeout_s=60, what="the study staged as a job")
+        counts = wait_for_job(db_url, job_id, timeout_s=180)
+        assert counts["items_done"] == 2 and counts["rows_rejected"] == 1  # the CT is refused with its reason
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        log.close()
