@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 from medbatch.errors import InvalidInput
 from medbatch.ml import images
 from medbatch.ml.artifacts import file_digest
-from medbatch.producer.paths import check_input_path
+from medbatch.producer.paths import check_input_path, file_kind
 from medbatch.producer.records import RecordChunk
 
 #: Default include patterns: every file (DICOM exports often have no extension); non-images are reported.
@@ -81,7 +82,10 @@ def list_images(root: Path, include: Sequence[str] = DEFAULT_INCLUDE, exclude: S
 
 
 def _hash_and_head(path: Path, max_bytes: int) -> tuple[str, bytes, int]:
-    size = path.stat().st_size
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, a device never end
+        raise images.ImageRejected(f"a {file_kind(st.st_mode)}, not a regular file: only regular files are read")
+    size = st.st_size
     if size == 0:
         raise images.ImageRejected("file is empty (0 bytes)")
     if size > max_bytes:

@@ -192,3 +192,12 @@ def test_a_real_radiograph_still_decodes():
     assert image.pixels.shape == (512, 640) and image.pixels.dtype == np.float32
     assert 0.0 <= float(image.pixels.min()) < float(image.pixels.max()) <= 1.0
     assert json.dumps(image.flags)
+
+
+def test_a_fifo_among_images_is_refused_without_blocking(tmp_path, fifo):
+    from medbatch.producer.images import iter_image_chunks, list_images
+
+    os.rename(fifo, tmp_path / "pipe.png")
+    scan = list_images(tmp_path, include=("*.png",))
+    rejected = [r for c in iter_image_chunks(scan) for r in c.rejected]
+    assert [r["reason"] for r in rejected] == ["a FIFO (named pipe), not a regular file: only regular files are read"]
