@@ -253,6 +253,15 @@ def test_refused_objects_are_recorded_with_the_pacs_reason_and_cstore_delivers(
             total, listed = repo.delivery_failures(s, [job_id])
         assert rows and all(d.status == "failed" and "403 Forbidden" in d.reason for d in rows)
         assert total == len(rows) and "403" in listed[0]["reason"]
+        # and the morning page names them, with the reason, instead of saying all went well
+        from datetime import UTC, datetime
+
+        from medbatch.nightly import night_of
+        from medbatch.summary import collect, render
+
+        page = render(collect(sqlite_url, night_of(datetime.now(UTC))))
+        assert f"Findings not delivered to the PACS ({len(rows)})" in page and "403 Forbidden" in page
+        assert "Every job completed cleanly" not in page
         # When they go by C-STORE instead, they arrive (one presentation context per transfer syntax)
         stored = export_job(job_id, refusing.dimse, database_url=sqlite_url, calling_aet="MEDBATCH")
         assert stored.failed == 0 and stored.sent == refused.objects
