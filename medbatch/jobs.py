@@ -15,7 +15,8 @@ DEFAULT_POLL_S = 1.0
 
 def job_status(database_url: str, job_id: int, *, measure_missing: bool = False) -> dict:
     """The counts of a job by state (``repository.job_counts``), its result labels for the classifying
-    workloads, and a molecule job's metrics. With ``measure_missing``, a finished molecule job whose worker
+    workloads, a molecule job's metrics, and a tabular job's ``drift`` block (:func:`drift_block`).
+    With ``measure_missing``, a finished molecule (or tabular) job whose worker
     died before measuring it is measured now (idempotent; ``medbatch status`` does this, tests do not, so a
     worker that forgets its metrics is caught).
 
@@ -40,7 +41,33 @@ def job_status(database_url: str, job_id: int, *, measure_missing: bool = False)
         from medbatch.pipeline.molecules import finalize_job
 
         counts["metrics"] = finalize_job(database_url, job_id)
+    if counts["workload"] in ("risk", "treatment"):
+        if measure_missing and counts["status"] in FINISHED_JOB and counts.get("metrics") is None:
+            from medbatch.pipeline.tabular import finalize_job as measure_drift
+
+            counts["metrics"] = measure_drift(database_url, job_id)
+        counts["drift"] = drift_block(counts.get("metrics"))
     return counts
+
+
+def drift_block(metrics: dict | None) -> dict | None:
+    """A tabular job's drift summary for ``status --json`` and the morning page: ``flagged`` names the drifted
+    features (empty when none); per feature its PSI and share outside the training range; the score shift.
+    None until the finished job has been measured."""
+    d = (metrics or {}).get("drift")
+    if d is None:
+        return None
+    return {
+        "available": d.get("available", False),
+        "flagged": list(d.get("flagged") or []),
+        "n": d.get("n"),
+        "features": {
+            k: {"psi": v["psi"], "out_of_range_share": v["out_of_range_share"]}
+            for k, v in (d.get("features") or {}).items()
+        },
+        "scores": d.get("scores"),
+        "thresholds": d.get("thresholds"),
+    }
 
 
 def is_finished(counts: dict) -> bool:

@@ -130,6 +130,7 @@ class MedbatchCollector(Collector):
                 last_done = repo.monitoring_last_batch_finished(s, window_s=self.window_s)
                 jobs = repo.monitoring_job_counts(s)
                 llm = repo.monitoring_llm_usage(s, window_s=self.window_s)
+                drift = repo.monitoring_latest_drift(s)
                 if now - self._items_at >= self.item_counts_every_s:
                     self._items = repo.monitoring_item_counts(s, window_s=self.window_s)
                     self._items_at = now
@@ -159,6 +160,7 @@ class MedbatchCollector(Collector):
         cost = GaugeMetricFamily("medbatch_llm_cost_usd", "Priced LLM cost in USD of the recent jobs' reports")
         cost.add_metric([], llm["cost_usd"])
         yield cost
+        yield from _drift_families(drift)
         took = GaugeMetricFamily("medbatch_exporter_query_seconds", "Database time this scrape took")
         took.add_metric([], time.perf_counter() - started)
         yield took
@@ -223,6 +225,38 @@ class MedbatchCollector(Collector):
             else:
                 stalled.add_metric([queue], max(0.0, now - max(since, done if done is not None else since)))
         yield from (batches, oldest, finished_at, since_done, stalled)
+
+
+def _drift_families(drift: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFamily]:
+    """Input drift of the latest measured job per tabular workload (PSI and out-of-range share per feature)."""
+    psi = GaugeMetricFamily(
+        "medbatch_drift_psi",
+        "PSI of a feature, latest measured job vs the training data",
+        labels=["workload", "feature"],
+    )
+    outside = GaugeMetricFamily(
+        "medbatch_drift_out_of_range_ratio",
+        "Share (0-1) of the latest measured job's rows outside the feature's training range",
+        labels=["workload", "feature"],
+    )
+    flagged = GaugeMetricFamily(
+        "medbatch_drift_flagged_features",
+        "Features flagged as drifted (PSI > 0.25 or > 5% out of range) in the latest measured job",
+        labels=["workload"],
+    )
+    scores = GaugeMetricFamily(
+        "medbatch_drift_score_psi",
+        "PSI of the latest measured job's scores vs the held-out scores",
+        labels=["workload"],
+    )
+    for workload, d in sorted(drift.items()):
+        for feature, v in sorted((d.get("features") or {}).items()):
+            psi.add_metric([workload, feature], v["psi"])
+            outside.add_metric([workload, feature], v["out_of_range_share"])
+        flagged.add_metric([workload], len(d.get("flagged") or []))
+        if d.get("scores"):
+            scores.add_metric([workload], d["scores"]["psi"])
+    yield from (psi, outside, flagged, scores)
 
 
 def _labelled(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], float]) -> GaugeMetricFamily:

@@ -481,10 +481,23 @@ def _wait_for(outcome: NightlyOutcome, database_url: str, *, timeout_s: float, p
     wait_for_jobs(database_url, sorted(pending), timeout_s=timeout_s, poll_s=poll_s, on_progress=report)
 
 
+def _drift_of(database_url: str, job: dict, counts: dict) -> list[str]:
+    """The drifted features of a finished tabular job (measured now if its worker has not yet)."""
+    if job["workload"] not in ("risk", "treatment") or counts["status"] not in FINISHED_JOB:
+        return []
+    metrics = counts.get("metrics")
+    if metrics is None:
+        from medbatch.pipeline.tabular import finalize_job
+
+        metrics = finalize_job(database_url, job["job_id"])
+    return list(((metrics or {}).get("drift") or {}).get("flagged") or [])
+
+
 def _judge(outcome: NightlyOutcome, database_url: str, *, waited: bool) -> None:
     from medbatch.db.repository import morning as q
 
     ids = [j["job_id"] for j in outcome.jobs]
+    measured: list[tuple[dict, dict]] = []
     with session_scope(database_url) as s:
         for j in outcome.jobs:
             c = repo.job_counts(s, j["job_id"])
@@ -498,9 +511,19 @@ def _judge(outcome: NightlyOutcome, database_url: str, *, waited: bool) -> None:
                     f"job {j['job_id']} ({j['workload']}): {c['items_failed']} item(s) failed, "
                     f"{c['rows_rejected']} input(s) rejected; see `medbatch results {j['job_id']} --errors`"
                 )
+            measured.append((j, c))
         dead = q.dead_batches(s, ids)
         flagged, _ = q.flagged_xrays(s, ids, limit=0)
         reports = q.reports_to_review(s, ids)
+    for j, c in measured:  # outside the session above: measuring drift may write the job's metrics
+        drift = _drift_of(database_url, j, c)
+        j["drift_flagged"] = drift
+        if drift:
+            outcome.needs_human.append(
+                f"job {j['job_id']} ({j['workload']}): tonight's inputs drifted from the training data in "
+                f"{', '.join(drift)}; the model's held-out figures may not hold for them "
+                f"(see `medbatch status {j['job_id']}`)"
+            )
     if dead:
         outcome.needs_human.append(f"{dead} batch(es) dead-lettered after repeated failures")
     for r in outcome.rejected:

@@ -199,11 +199,15 @@ def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None =
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _drifted(job: dict[str, Any]) -> list[str]:
+    return list((((job.get("metrics") or {}).get("drift")) or {}).get("flagged") or [])
+
+
 def render(data: dict[str, Any]) -> str:
     """The self-contained HTML page for ``data`` (from :func:`collect`)."""
     pics = plots(data)
     jobs = data["jobs"]
-    attention = [j for j in jobs if j["status"] not in ("completed",)]
+    attention = [j for j in jobs if j["status"] not in ("completed",) or _drifted(j)]
     verdict = (
         '<p class="ok">Every job completed cleanly.</p>'
         if jobs and not attention and not data["dead_batches"] and not (data.get("dicom_undelivered") or [0])[0]
@@ -307,6 +311,31 @@ def render(data: dict[str, Any]) -> str:
         rows = [[_e(f"job {j['job_id']}")] + [_e(v) for v in figures(j["metrics"])] for j in molecule_jobs]
         rows.append(["MOSES CharRNN (reference)"] + [_e(v) for v in figures(MOSES_CHARRNN)])
         parts.append(_table(["", *METRIC_KEYS], rows))
+    drift_jobs = [j for j in jobs if ((j.get("metrics") or {}).get("drift") or {}).get("available")]
+    if drift_jobs:
+        parts.append("<h2>Input drift (tonight vs the training data)</h2>")
+        rows = []
+        for j in drift_jobs:
+            d = j["metrics"]["drift"]
+            worst = sorted(d["features"].items(), key=lambda kv: -kv[1]["psi"])[:3]
+            sc = d.get("scores")
+            rows.append(
+                [
+                    _e(f"job {j['job_id']} ({j['workload']})"),
+                    _e(d.get("n")),
+                    f'<span class="bad">{_e(", ".join(d["flagged"]))}</span>' if d["flagged"] else "none",
+                    _e("; ".join(f"{k} {v['psi']:.2f} / {v['out_of_range_share']:.0%}" for k, v in worst)),
+                    _e("" if not sc else f"{sc['mean']:.3f} vs {sc['reference_mean']:.3f}"),
+                ]
+            )
+        parts.append(
+            _table(
+                ["job", "rows", "drifted (PSI > 0.25 or > 5% outside range)", "largest PSI / outside range",
+                 "mean score vs held out"],
+                rows,
+                numeric={1},
+            )
+        )
     parts.append("<h2>Models used</h2>")
     parts.append(
         _table(

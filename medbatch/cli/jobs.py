@@ -65,9 +65,29 @@ def _print_status(c: dict) -> None:
         table.add_row("job error", c["error"])
     if c.get("metrics") and c["workload"] == "molecules":
         _add_molecule_metrics(table, c["metrics"])
+    if c.get("drift"):
+        table.add_row("drift", drift_text(c["drift"]))
     table.add_row("created", c["created_at"] or "")
     table.add_row("finished", c["finished_at"] or "")
     out.print(table)
+
+
+def drift_text(d: dict) -> str:
+    """One line: the drifted features with their PSI / out-of-range share, or that none drifted."""
+    if not d.get("available"):
+        return "not measured (the model stores no training reference)"
+    feats = d.get("features") or {}
+    if d["flagged"]:
+        parts = [
+            f"{k} (PSI {feats[k]['psi']:.2f}, {feats[k]['out_of_range_share']:.0%} outside training range)"
+            for k in d["flagged"]
+        ]
+        text = "DRIFT in " + ", ".join(parts) + " (a human should check these inputs)"
+    else:
+        text = f"none flagged over {d.get('n')} rows"
+    if d.get("scores"):
+        text += f"; mean score {d['scores']['mean']:.3f} vs {d['scores']['reference_mean']:.3f} held out"
+    return text
 
 
 def _add_molecule_metrics(table: Table, m: dict) -> None:

@@ -63,6 +63,10 @@ from medbatch.db.repository.deliveries import (
     release_study_claim,
     settled_studies,
 )
+from medbatch.db.repository.drift import (
+    job_scored_inputs,
+    monitoring_latest_drift,
+)
 from medbatch.db.repository.identity import (
     check_instance,
     instance_id,
@@ -168,6 +172,8 @@ __all__ = [
     "get_job",
     "insert_ignore_conflicts",
     "instance_id",
+    "job_scored_inputs",
+    "monitoring_latest_drift",
     "iter_errors",
     "iter_item_findings",
     "iter_results",

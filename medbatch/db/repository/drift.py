@@ -1,0 +1,44 @@
+"""Drift: the scored inputs a tabular job's drift check reads (a bounded sample), and the latest drift per
+workload for the Prometheus exporter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from medbatch.db.tables import FINISHED_JOB, Item, Job, Result
+
+#: Most rows read for one job's drift check (the first by item id): PSI is stable long before this.
+DRIFT_SAMPLE_ROWS = 100_000
+
+
+def job_scored_inputs(
+    session: Session, job_id: int, limit: int = DRIFT_SAMPLE_ROWS
+) -> list[tuple[dict[str, Any], float | None]]:
+    """``(validated payload, score)`` of up to ``limit`` scored items of the job, in item order."""
+    stmt = (
+        select(Item.payload, Result.score)
+        .join(Result, Result.item_id == Item.id)
+        .where(Item.job_id == job_id)
+        .order_by(Item.id)
+        .limit(limit)
+    )
+    return [(dict(p or {}), s) for p, s in session.execute(stmt)]
+
+
+def monitoring_latest_drift(session: Session, *, look_back_jobs: int = 50) -> dict[str, dict[str, Any]]:
+    """The drift block of the latest measured job per tabular workload (among the last ``look_back_jobs``)."""
+    stmt = (
+        select(Job.workload, Job.id, Job.metrics)
+        .where(Job.workload.in_(("risk", "treatment")), Job.status.in_(FINISHED_JOB), Job.metrics.is_not(None))
+        .order_by(Job.id.desc())
+        .limit(look_back_jobs)
+    )
+    latest: dict[str, dict[str, Any]] = {}
+    for workload, job_id, metrics in session.execute(stmt):
+        d = (metrics or {}).get("drift") if isinstance(metrics, dict) else None
+        if workload not in latest and d and d.get("available"):
+            latest[workload] = {"job_id": job_id, **d}
+    return latest
