@@ -164,6 +164,17 @@ class Orthanc:
         r.raise_for_status()
         return len(r.json()) if r.content else 0
 
+    def files_of_modality(self, modality: str) -> list[bytes]:
+        """Every stored instance of ``modality`` (e.g. SR, OT), as DICOM files."""
+        found = requests.post(
+            f"{self.url}/tools/find", json={"Level": "Series", "Query": {"Modality": modality}}, timeout=10
+        ).json()
+        out = []
+        for series in found:
+            for inst in requests.get(f"{self.url}/series/{series}/instances", timeout=10).json():
+                out.append(requests.get(f"{self.url}/instances/{inst['ID']}/file", timeout=30).content)
+        return out
+
     def instance_bytes(self, sop_uid: str) -> bytes:
         found = requests.post(
             f"{self.url}/tools/find",

@@ -120,6 +120,16 @@ def dciodvfy_errors(data: bytes, tmp: Path) -> list[str]:
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
+def check_every_object(pacs: Orthanc, tmp: Path) -> int:
+    """dciodvfy (0 errors) on every SR and SC the PACS holds; returns how many were checked."""
+    if dciodvfy_missing():
+        need("dciodvfy", dciodvfy_missing())
+    files = pacs.files_of_modality("SR") + pacs.files_of_modality("OT")
+    for data in files:
+        assert dciodvfy_errors(data, tmp) == []
+    return len(files)
+
+
 def _coded_items(ds) -> set[tuple[str, str]]:
     """(concept name, coded value) of every CODE item in an SR content tree."""
     found = set()
@@ -233,6 +243,7 @@ def test_pacs_down_mid_export_then_up_every_object_once(sqlite_url, tmp_path, xr
         assert own.count_instances(Modality="SR") + own.count_instances(Modality="OT") == expected
         with session_scope(sqlite_url) as s:
             assert repo.delivery_counts(s, job_id) == {"sent": expected}
+        assert check_every_object(own, tmp_path) == expected
     finally:
         own.stop()
 
@@ -266,5 +277,6 @@ def test_refused_objects_are_recorded_with_the_pacs_reason_and_cstore_delivers(
         stored = export_job(job_id, refusing.dimse, database_url=sqlite_url, calling_aet="MEDBATCH")
         assert stored.failed == 0 and stored.sent == refused.objects
         assert refusing.count_instances(Modality="SR") == night["radiographs"]
+        assert check_every_object(refusing, tmp_path) == stored.sent
     finally:
         refusing.stop()

@@ -14,7 +14,7 @@ import pytest
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from tests.helpers import register_xray, run_cli, wait_for
-from tests.integration.test_pacs import orthanc, pacs, upload_night  # noqa: F401 - fixtures used by name
+from tests.integration.test_pacs import check_every_object, orthanc, pacs, upload_night  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,7 @@ def test_pacs_pull_worker_and_automatic_return(db_url, pacs, start_worker, servi
     assert wait_for(delivered, timeout_s=120, what="the automatic return") == {"sent": expected}
     assert pacs.count_instances(Modality="SR") == night["radiographs"]
     assert pacs.count_instances(Modality="OT") == positives
+    assert check_every_object(pacs, tmp_path) == expected  # dciodvfy: 0 errors on each
     # status reports the deliveries
     status = run_cli(service_env, "status", str(job_id), "--json")
     assert json.loads(status.stdout)["dicom_deliveries"] == {"sent": expected}
