@@ -20,6 +20,7 @@ from medbatch.db.repository import morning as q
 from medbatch.db.session import session_scope
 from medbatch.ml.moses import MOSES_CHARRNN
 from medbatch.molecule_metrics import METRIC_KEYS, figures
+from medbatch.reviews import agreement_text
 
 
 def collect(database_url: str, night: date, tz: str = "UTC") -> dict[str, Any]:
@@ -72,6 +73,10 @@ def collect(database_url: str, night: date, tz: str = "UTC") -> dict[str, Any]:
             "flagged_xrays_total": flagged_total,
             "reports_to_review": q.reports_to_review(s, by_workload.get("report", [])),
             "models": q.model_usage(s, ids),
+            "reviews": [
+                {"model": name, "version": version, **tally}
+                for (name, version), tally in sorted(repo.review_agreement(s).items())
+            ],
             "llm": q.llm_usage(s, by_workload.get("report", [])),
             "dead_batches": q.dead_batches(s, ids),
             "dicom_undelivered": repo.delivery_failures(s, by_workload.get("xray", []), limit=20),
@@ -345,6 +350,16 @@ def render(data: dict[str, Any]) -> str:
         )
         if data["models"]
         else "<p>None.</p>"
+    )
+    parts.append("<h2>Reviewers' verdicts (all imported, per model version)</h2>")
+    parts.append(
+        _table(
+            ["model", "version", "reviewed", "verdicts"],
+            [[_e(r["model"]), _e(r["version"]), _e(r["reviewed"]), _e(agreement_text(r))] for r in data["reviews"]],
+            numeric={2},
+        )
+        if data.get("reviews")
+        else "<p>None imported (`medbatch review import FILE.csv`).</p>"
     )
     parts.append("<h2>Language model use</h2>")
     parts.append(

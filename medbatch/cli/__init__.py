@@ -16,7 +16,7 @@ from medbatch.cli._common import app, err
 from medbatch.errors import MedbatchError
 
 #: The command-group modules of this package, imported (and so registered) in this order.
-GROUPS = ("submit", "jobs", "night", "train", "ops", "export", "dicom")
+GROUPS = ("submit", "jobs", "night", "train", "ops", "export", "dicom", "review")
 
 for _group in GROUPS:
     import_module(f"{__name__}.{_group}")

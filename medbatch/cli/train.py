@@ -321,8 +321,10 @@ def models(ctx: typer.Context, as_json: AsJson = False) -> None:
         return
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
+    from medbatch.reviews import agreement_text
 
     with session_scope(ready_db()) as s:
+        agreement = repo.review_agreement(s)
         rows = [
             {
                 "name": m.name,
@@ -332,20 +334,22 @@ def models(ctx: typer.Context, as_json: AsJson = False) -> None:
                 "training_source": m.training_source,
                 "created_at": m.created_at.isoformat(),
                 "held_out": _headline(m.name, m.metrics or {}),
+                "reviews": agreement.get((m.name, m.version), {"reviewed": 0}),
             }
             for m in repo.list_models(s)
         ]
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("name", "version", "active", "held-out", "uri", "trained on")
+    table = Table("name", "version", "active", "held-out", "reviewers", "uri", "trained on")
     for r in rows:
         h = r["held_out"]
         shown = ", ".join(f"{k} {h[k]:.3f}" for k in ("auc", "ece", "brier") if isinstance(h.get(k), float))
         if not shown and h.get("value") is not None:
             shown = f"{h['key_metric']} {h['value']:.3f}"
         table.add_row(
-            r["name"], r["version"], "yes" if r["active"] else "", shown, r["uri"], r["training_source"]
+            r["name"], r["version"], "yes" if r["active"] else "", shown, agreement_text(r["reviews"]), r["uri"],
+            r["training_source"],
         )
     out.print(table)
 

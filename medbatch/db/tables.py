@@ -305,3 +305,28 @@ class DicomReceived(Base):
     claim: Mapped[str | None] = mapped_column(String(36), index=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class Review(Base):
+    """A reviewer's verdict on one result (agree/disagree, optional corrected label) or one report draft
+    (approved/edited/rejected), imported by ``medbatch review import``. No patient data beyond the ids."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        UniqueConstraint("kind", "result_id", "report_id", "reviewer", name="uq_reviews_target_reviewer"),
+        Index("ix_reviews_model", "model_name", "model_version"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # result | report
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"))
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    predicted_label: Mapped[str | None] = mapped_column(String(128))
+    verdict: Mapped[str] = mapped_column(String(16))
+    corrected_label: Mapped[str | None] = mapped_column(String(128))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

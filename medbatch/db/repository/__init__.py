@@ -11,6 +11,8 @@ nightly inbox, one module per aggregate.
 - :mod:`~medbatch.db.repository.monitoring`: the Prometheus exporter's cheap queries
 - :mod:`~medbatch.db.repository.inbox`: the nightly run's inbox ledger (:class:`InboxStatus`)
 - :mod:`~medbatch.db.repository.morning`: the morning summary's read-only queries
+- :mod:`~medbatch.db.repository.reviews`: reviewers' verdicts and per-version agreement
+- :mod:`~medbatch.db.repository.drift`: a tabular job's scored inputs for its drift check
 
 Everything is re-exported here, so callers write ``from medbatch.db import repository as repo`` and
 ``repo.claim_batch(...)``. Functions take an open :class:`~sqlalchemy.orm.Session` and leave committing
@@ -128,6 +130,14 @@ from medbatch.db.repository.queries import (
     tokens_spent,
     unfinished_batches,
 )
+from medbatch.db.repository.reviews import (
+    REPORT_VERDICTS,
+    RESULT_VERDICTS,
+    resolve_report,
+    resolve_result,
+    review_agreement,
+    store_review,
+)
 from medbatch.db.repository.staging import (
     add_staged_counts,
     create_job,
@@ -139,6 +149,12 @@ from medbatch.db.repository.staging import (
 )
 
 __all__ = [
+    "REPORT_VERDICTS",
+    "RESULT_VERDICTS",
+    "resolve_report",
+    "resolve_result",
+    "review_agreement",
+    "store_review",
     "ClaimedBatch",
     "INSERT_CHUNK",
     "InboxStatus",
