@@ -173,6 +173,26 @@ def llm():
         yield server
 
 
+# --------------------------------------------------------------------------- PACS
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """Debian's Orthanc for this test session (tests/orthanc.py); skips locally, fails in CI, when missing."""
+    from tests.orthanc import start_orthanc
+
+    o = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield o
+    o.stop()
+
+
+@pytest.fixture
+def pacs(orthanc):
+    """The session's Orthanc, emptied for this test."""
+    orthanc.clear()
+    return orthanc
+
+
 # --------------------------------------------------------------------------- imaging
 
 

@@ -17,8 +17,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pydicom
+import pytest
 import requests
+from sqlalchemy import select
 
+from medbatch.db.session import session_scope
+from medbatch.db.tables import Batch
+from medbatch.interop.dicomweb import PacsAccess
+from medbatch.pipeline.imaging import ImagingOptions, classify_batch
+from medbatch.producer.synthetic import synthetic_xray, write_synthetic_dicom
+from tests.helpers import need
 from tests.services import free_port
 
 PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -183,3 +193,81 @@ class Orthanc:
         ).json()
         assert len(found) == 1, f"{len(found)} instances with that UID"
         return requests.get(f"{self.url}/instances/{found[0]}/file", timeout=30).content
+
+
+# --------------------------------------------------------------------------- PACS test data and steps
+
+DICOM_DIR = Path(pytest.importorskip("data_store").__file__).parent / "data"
+CT = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+
+
+def start_orthanc(workdir: Path, lua: str | None = None, modalities: dict | None = None) -> Orthanc:
+    why = orthanc_missing()
+    if why:
+        need("Orthanc", why)
+    orthanc = Orthanc(workdir, lua=lua, modalities=modalities)
+    orthanc.start()
+    return orthanc
+
+
+def generated_study(tmp: Path, names: list[tuple[str, int]], *, seed: int = 3) -> tuple[list[bytes], str]:
+    """CR instances (one per (patient name, label)) in one new study, and a CT instance in the same study."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    study = pydicom.uid.generate_uid()
+    series = pydicom.uid.generate_uid()
+    out = []
+    for i, (name, label) in enumerate(names):
+        path = write_synthetic_dicom(tmp / f"cr-{i}.dcm", synthetic_xray(label, 160, rng), patient_id="PACS-0001")
+        ds = pydicom.dcmread(path)
+        ds.PatientName = name
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20261130", "221500", "ACC-1"
+        ds.InstanceNumber = i + 1
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path.read_bytes())
+    ct = pydicom.dcmread(CT)
+    ct.StudyInstanceUID, ct.PatientID, ct.PatientName = study, "PACS-0001", names[0][0]
+    ct.SOPInstanceUID = pydicom.uid.generate_uid()
+    ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+    path = tmp / "ct.dcm"
+    ct.save_as(path, enforce_file_format=True)
+    out.append(path.read_bytes())
+    return out, study
+
+
+def upload_night(pacs: Orthanc, tmp: Path, *, rg1: bool = True) -> dict:
+    """RG1 uncompressed and JPEG 2000, three generated CR (two pneumonia-like), one CT in their study."""
+    names = [("DOE^JANE", 1), ("ROE^RICHARD", 1), ("POE^EDGAR", 0)]
+    files, study = generated_study(tmp, names)
+    if rg1:
+        files += [(DICOM_DIR / "RG1_UNCR.dcm").read_bytes(), (DICOM_DIR / "RG1_J2KR.dcm").read_bytes()]
+    for data in files:
+        pacs.upload(data)
+    return {"study": study, "names": [n for n, _ in names], "radiographs": len(names) + (2 if rg1 else 0)}
+
+
+def process(db_url: str, job_id: int, results: Path) -> None:
+    """Run every batch of the job through the imaging pipeline (the worker's code, called directly)."""
+    with session_scope(db_url) as s:
+        batch_ids = list(s.scalars(select(Batch.id).where(Batch.job_id == job_id)))
+    opts = ImagingOptions(results_dir=results, decode_threads=2, pacs=PacsAccess(timeout_s=30))
+    for batch_id in batch_ids:
+        classify_batch(batch_id, database_url=db_url, max_attempts=5, options=opts)
+
+
+def dciodvfy_errors(data: bytes, tmp: Path) -> list[str]:
+    path = tmp / "check.dcm"
+    path.write_bytes(data)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def check_every_object(pacs: Orthanc, tmp: Path) -> int:
+    """dciodvfy (0 errors) on every SR and SC the PACS holds; returns how many were checked."""
+    if dciodvfy_missing():
+        need("dciodvfy", dciodvfy_missing())
+    files = pacs.files_of_modality("SR") + pacs.files_of_modality("OT")
+    for data in files:
+        assert dciodvfy_errors(data, tmp) == []
+    return len(files)

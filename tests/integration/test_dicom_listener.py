@@ -19,7 +19,7 @@ from medbatch.db.tables import DicomReceived, Job, utcnow
 from medbatch.errors import InvalidInput
 from medbatch.interop.listener import DicomListener, ListenerConfig, instance_path
 from tests.helpers import register_xray, wait_for
-from tests.integration.test_pacs import DICOM_DIR, generated_study, process, start_orthanc
+from tests.orthanc import DICOM_DIR, generated_study, process, start_orthanc
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from tests.helpers import register_xray, run_cli, wait_for
-from tests.integration.test_pacs import check_every_object, orthanc, pacs, upload_night  # noqa: F401 - fixtures
+from tests.orthanc import check_every_object, upload_night
 
 pytestmark = pytest.mark.integration
 
