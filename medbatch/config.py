@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -206,6 +207,21 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_password_encoded(cls, value: str) -> str:
+        # kombu splits a broker URL with urllib: an unencoded '#', '?', '/' or '@' in the password cuts the
+        # URL short and kombu's own error then quotes part of the password. Refuse it here, naming the
+        # character and its encoding, never the password.
+        password = url_password(value) or ""
+        for char in "#?/@":
+            if char in password:
+                raise ValueError(
+                    f"the broker password holds {char!r}, which a broker URL cannot carry as it is: "
+                    f"percent-encode it as {quote(char, safe='')} (the password itself is not shown)"
+                )
         return value
 
     @field_validator("log_level")

@@ -16,6 +16,7 @@ from typing import Annotated, TypeVar
 
 import click
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from medbatch.config import get_settings, redact_url
@@ -78,6 +79,15 @@ def database_error(exc: BaseException) -> DatabaseUnavailable | None:
     return DatabaseUnavailable(f"database unreachable: {describe(exc)}") if is_transient(exc) else None
 
 
+def settings_error(exc: ValidationError) -> str:
+    """One line per bad setting, ``MEDBATCH_NAME: what it accepts``, without the value (it may be a secret)."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = "MEDBATCH_" + str(error["loc"][0]).upper() if error.get("loc") else "settings"
+        lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines) or "invalid settings"
+
+
 def with_exit_codes(command: F) -> F:
     """Run ``command`` so that an error of the tree (or an unreachable database) ends it with one line on stderr
     and the exit code of the map above, never a traceback. Every command of this package wears it, under its
@@ -92,6 +102,8 @@ def with_exit_codes(command: F) -> F:
             raise
         except MedbatchError as exc:
             raise handle(exc) from None
+        except ValidationError as exc:  # the settings: name each variable and what it accepts, never its value
+            raise fail(settings_error(exc), EXIT_INVALID_INPUT) from None
         except Exception as exc:
             unavailable = database_error(exc)
             if unavailable is None:

@@ -83,3 +83,41 @@ def test_other_exceptions_and_exits_pass_through_untouched():
     with pytest.raises(typer.Exit) as caught:
         done()
     assert caught.value.exit_code == 5
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"MEDBATCH_BATCH_SIZE": "abc"}, "MEDBATCH_BATCH_SIZE"),
+        ({"MEDBATCH_BROKER_URL": "redis://:s3cr#et-Zq9@127.0.0.1:6379/0"}, "MEDBATCH_BROKER_URL"),
+        ({"MEDBATCH_BROKER_URL": "redis://:pa/ss?Zq9@127.0.0.1:6379/0"}, "MEDBATCH_BROKER_URL"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable_exit_2_and_never_its_value(env, name, monkeypatch, capsys):
+    from medbatch.config import get_settings
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+
+    @with_exit_codes
+    def command():
+        get_settings()
+
+    try:
+        with pytest.raises(typer.Exit) as caught:
+            command()
+    finally:
+        get_settings.cache_clear()
+    assert caught.value.exit_code == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"error: {name}: ")
+    for value in env.values():
+        assert value not in said[0] and "Zq9" not in said[0] and "abc'" not in said[0]
+
+
+def test_a_percent_encoded_broker_password_is_accepted(monkeypatch):
+    from medbatch.config import Settings
+
+    monkeypatch.setenv("MEDBATCH_BROKER_URL", "redis://:s3cr%23et%2F%3F@127.0.0.1:6379/0")
+    assert Settings().broker_url.endswith("@127.0.0.1:6379/0")
