@@ -398,11 +398,15 @@ def _submit(workload: str, members: list[Candidate], inbox: Path, cfg: NightlyCo
             submitted_by="nightly",
         )
     if workload == "molecules":
-        from medbatch.producer.generation import submit_molecules
+        from medbatch.producer.generation import default_batch_size, submit_molecules
 
         request = _read_request(first)
         return submit_molecules(
-            database_url=cfg.database_url, send=send, batch_size=cfg.batch_size, submitted_by="nightly", **request
+            database_url=cfg.database_url,
+            send=send,
+            batch_size=default_batch_size(cfg.batch_size),
+            submitted_by="nightly",
+            **request,
         )
     raise InvalidInput(f"no producer for workload {workload!r}")
 

@@ -248,7 +248,7 @@ def submit_molecules(
     wait: Wait = False,
 ) -> None:
     """Generate drug-like molecules (SMILES CharRNN), scored with RDKit and measured against MOSES."""
-    from medbatch.producer.generation import submit_molecules
+    from medbatch.producer.generation import default_batch_size, submit_molecules
 
     url = ready_db()
     summary = submit_molecules(
@@ -257,6 +257,6 @@ def submit_molecules(
         count=count,
         seed=seed,
         temperature=temperature,
-        batch_size=batch_size or get_settings().batch_size,
+        batch_size=batch_size or default_batch_size(get_settings().batch_size),
     )
     _after_submit(summary, url, as_json, wait)

@@ -23,6 +23,8 @@ from medbatch.producer.staging import Progress, SubmitSummary, ensure_model, sta
 MAX_COUNT = 1_000_000
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 3.0
 MAX_SEED = 2**32 - 1
+#: The most molecules one batch message asks for (one worker samples them in one go).
+MAX_BATCH_ITEMS = 10_000
 #: Slots staged per transaction.
 CHUNK = 20_000
 #: Largest generation request file read (``{"count": N, "seed": S, "temperature": T}`` is a few bytes).
@@ -33,6 +35,12 @@ REQUEST_FIELDS = ("count", "seed", "temperature")
 def batch_seed(job_seed: int, seq: int) -> int:
     """The sampling seed of batch ``seq`` of a job seeded with ``job_seed`` (NumPy ``SeedSequence``)."""
     return int(np.random.SeedSequence([job_seed, seq]).generate_state(1, dtype=np.uint32)[0])
+
+
+def default_batch_size(setting: int) -> int:
+    """The batch size of a request that names none: ``MEDBATCH_BATCH_SIZE``, at most :data:`MAX_BATCH_ITEMS`
+    (the setting also sizes tabular batches, where up to 100,000 is allowed)."""
+    return min(setting, MAX_BATCH_ITEMS)
 
 
 def validate_request(count: int, seed: int, temperature: float, batch_size: int) -> None:
@@ -48,8 +56,8 @@ def validate_request(count: int, seed: int, temperature: float, batch_size: int)
             f"--temperature must be from {MIN_TEMPERATURE} to {MAX_TEMPERATURE} (got {temperature}); "
             "1.0 samples the model as trained, lower is more conservative"
         )
-    if not 1 <= batch_size <= 10_000:
-        raise InvalidInput(f"--batch-size must be from 1 to 10,000 (got {batch_size})")
+    if not 1 <= batch_size <= MAX_BATCH_ITEMS:
+        raise InvalidInput(f"--batch-size must be from 1 to {MAX_BATCH_ITEMS:,} (got {batch_size})")
 
 
 def _whole(value: Any, name: str, lo: int, hi: int) -> int:

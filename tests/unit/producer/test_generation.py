@@ -37,3 +37,13 @@ def test_the_shipped_model_is_used_on_a_fresh_install(sqlite_url):
         items = list(s.scalars(select(Item).where(Item.job_id == summary.job_id).order_by(Item.id)))
     assert model.uri == "builtin:molecules.zip" and model.metrics["generated"]["samples"] == 10_000
     assert [it.payload["k"] for it in items] == [0, 1, 2] and {it.payload["n"] for it in items} == {3}
+
+
+def test_a_large_medbatch_batch_size_is_capped_for_molecules_not_refused():
+    from medbatch.producer.generation import MAX_BATCH_ITEMS, default_batch_size, validate_request
+
+    # MEDBATCH_BATCH_SIZE may be up to 100,000 (tabular); a molecule request that names no --batch-size
+    # takes the setting up to the molecule cap instead of being refused for an option the user never gave
+    assert default_batch_size(7) == 7
+    assert default_batch_size(100_000) == MAX_BATCH_ITEMS
+    validate_request(count=50, seed=0, temperature=1.0, batch_size=default_batch_size(100_000))
