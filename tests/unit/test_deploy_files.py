@@ -45,8 +45,9 @@ def test_gpu_worker_is_opt_in_and_reserves_one_named_gpu():
     assert "-c" in gpu["command"] and gpu["command"][gpu["command"].index("-c") + 1] == "1"
     assert "TENSORFLOW_GPU" in (ROOT / "Dockerfile").read_text()
     # Only the GPU worker and Prometheus are behind profiles: `docker compose up` starts the whole CPU stack
-    assert {n for n, s in SERVICES.items() if "profiles" in s} == {"worker-imaging-gpu", "prometheus"}
+    assert {n for n, s in SERVICES.items() if "profiles" in s} == {"worker-imaging-gpu", "prometheus", "dicom-listener"}
     assert SERVICES["prometheus"]["profiles"] == ["monitoring"]
+    assert SERVICES["dicom-listener"]["profiles"] == ["pacs"]
 
 
 def test_metrics_service_serves_inside_the_network_and_only_on_the_hosts_loopback():
@@ -55,7 +56,9 @@ def test_metrics_service_serves_inside_the_network_and_only_on_the_hosts_loopbac
     assert metrics["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     for name, service in SERVICES.items():
         for port in service.get("ports", []):
-            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
+            # `${VAR:-127.0.0.1}:...` is loopback unless the operator names another address on purpose
+            published = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(port))
+            assert published.startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
 
 
 def test_volumes_are_named_and_declared():
