@@ -15,8 +15,8 @@ DEFAULT_POLL_S = 1.0
 
 def job_status(database_url: str, job_id: int, *, measure_missing: bool = False) -> dict:
     """The counts of a job by state (``repository.job_counts``), its result labels for the classifying
-    workloads, a molecule job's metrics, and a tabular job's ``drift`` block (:func:`drift_block`).
-    With ``measure_missing``, a finished molecule (or tabular) job whose worker
+    workloads, a molecule job's metrics, and a tabular or X-ray job's ``drift`` block (:func:`drift_block`).
+    With ``measure_missing``, a finished molecule (or tabular, or X-ray) job whose worker
     died before measuring it is measured now (idempotent; ``medbatch status`` does this, tests do not, so a
     worker that forgets its metrics is caught).
 
@@ -41,9 +41,9 @@ def job_status(database_url: str, job_id: int, *, measure_missing: bool = False)
         from medbatch.pipeline.molecules import finalize_job
 
         counts["metrics"] = finalize_job(database_url, job_id)
-    if counts["workload"] in ("risk", "treatment"):
+    if counts["workload"] in repo.DRIFT_WORKLOADS:
         if measure_missing and counts["status"] in FINISHED_JOB and counts.get("metrics") is None:
-            from medbatch.pipeline.tabular import finalize_job as measure_drift
+            from medbatch.pipeline.drift import finalize_job as measure_drift
 
             counts["metrics"] = measure_drift(database_url, job_id)
         counts["drift"] = drift_block(counts.get("metrics"))
@@ -51,7 +51,7 @@ def job_status(database_url: str, job_id: int, *, measure_missing: bool = False)
 
 
 def drift_block(metrics: dict | None) -> dict | None:
-    """A tabular job's drift summary for ``status --json`` and the morning page: ``flagged`` names the drifted
+    """A tabular or X-ray job's drift summary for ``status --json`` and the morning page: ``flagged`` names the drifted
     features (empty when none); per feature its PSI and share outside the training range; the score shift.
     None until the finished job has been measured."""
     d = (metrics or {}).get("drift")

@@ -228,7 +228,7 @@ class MedbatchCollector(Collector):
 
 
 def _drift_families(drift: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFamily]:
-    """Input drift of the latest measured job per tabular workload (PSI and out-of-range share per feature)."""
+    """Input drift of the latest measured job per tabular or X-ray workload (PSI, out-of-range share per feature)."""
     psi = GaugeMetricFamily(
         "medbatch_drift_psi",
         "PSI of a feature, latest measured job vs the training data",

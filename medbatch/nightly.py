@@ -486,12 +486,12 @@ def _wait_for(outcome: NightlyOutcome, database_url: str, *, timeout_s: float, p
 
 
 def _drift_of(database_url: str, job: dict, counts: dict) -> list[str]:
-    """The drifted features of a finished tabular job (measured now if its worker has not yet)."""
-    if job["workload"] not in ("risk", "treatment") or counts["status"] not in FINISHED_JOB:
+    """The drifted features of a finished tabular or X-ray job (measured now if its worker has not yet)."""
+    if job["workload"] not in repo.DRIFT_WORKLOADS or counts["status"] not in FINISHED_JOB:
         return []
     metrics = counts.get("metrics")
     if metrics is None:
-        from medbatch.pipeline.tabular import finalize_job
+        from medbatch.pipeline.drift import finalize_job
 
         metrics = finalize_job(database_url, job["job_id"])
     return list(((metrics or {}).get("drift") or {}).get("flagged") or [])

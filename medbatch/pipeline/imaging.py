@@ -5,7 +5,9 @@ and resized to the model input in a thread pool. Predictions run in fixed-size c
 each positive, a Grad-CAM overlay PNG is written under ``results_dir/heatmaps/`` and a short draft
 findings text is stored, both marked for clinician review. The batch's results and failures are
 written in one transaction; a re-delivered batch writes nothing twice and rewrites the same overlay
-file with the same bytes.
+file with the same bytes. Each result's detail records the image's input features (intensity, original
+size); when the job has finished, its drift against the training images is measured from them
+(:mod:`medbatch.pipeline.drift`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from typing import Any
 import numpy as np
 
 from medbatch import defaults
+from medbatch.db import repository as repo
+from medbatch.db.session import session_scope
 from medbatch.errors import RetryableError
 from medbatch.ml import images
 from medbatch.pipeline.common import item_failure, run_batch
+from medbatch.pipeline.drift import finalize_job
 
 log = logging.getLogger("medbatch.pipeline.imaging")
 
@@ -166,6 +171,8 @@ def classify_items(model: Any, items: list, opts: ImagingOptions) -> tuple[list[
             "kind": dec.image.kind,
             "modality": dec.image.modality,
             "original_size": list(dec.image.original_shape),
+            # what the drift check compares with the training images (pipeline/drift.py reads it back)
+            "input_features": xray.input_features(dec.model_input, dec.image.original_shape),
             "flags": dec.image.flags,
             "requires_review": bool(is_pos),
             "heatmap": None,
@@ -210,7 +217,7 @@ def classify_batch(
     Returns:
         A small summary: batch id, status, counts of results and failures.
     """
-    return run_batch(
+    out = run_batch(
         batch_id,
         database_url=database_url,
         max_attempts=max_attempts,
@@ -218,3 +225,11 @@ def classify_batch(
         expected_db=expected_db,
         workloads=("xray",),
     )
+    if out.get("status") == "done":
+        with session_scope(database_url) as s:
+            job_id = repo.job_of_batch(s, batch_id)
+        try:
+            finalize_job(database_url, job_id)
+        except Exception:  # noqa: BLE001 - the results are written; `medbatch status` measures drift again
+            log.exception("job %s: drift could not be measured", job_id)
+    return out

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.pipeline.common import item_failure, run_batch
+from medbatch.pipeline.drift import finalize_job
 
 log = logging.getLogger("medbatch.pipeline.tabular")
 
@@ -80,39 +79,3 @@ def score_batch(
         except Exception:  # noqa: BLE001 - the results are written; `medbatch status` measures drift again
             log.exception("job %s: drift could not be measured", job_id)
     return out
-
-
-def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
-    """When a risk or treatment job has finished, measure its drift against the model's training reference
-    (per-feature PSI, share outside the training range, score shift) and store it as ``jobs.metrics["drift"]``.
-
-    Once per job (idempotent). Returns the job's metrics, or None when the job is not a finished tabular job.
-    A model without a stored reference gets ``{"drift": {"available": false, ...}}``.
-    """
-    from medbatch.db.tables import FINISHED_JOB
-    from medbatch.ml import drift, registry
-
-    with session_scope(database_url) as s:
-        job = repo.get_job(s, job_id)
-        if job.workload not in ("risk", "treatment") or job.status not in FINISHED_JOB:
-            return None
-        if job.metrics is not None:
-            return job.metrics
-        name, version = job.model_name, job.model_version
-        uri = repo.find_model(s, name, version).uri
-        rows = repo.job_scored_inputs(s, job_id)
-    model = registry.load(name, version, uri)
-    reference = (getattr(model, "metadata", None) or {}).get("drift_reference")
-    if not reference:
-        metrics = {"drift": {"available": False, "reason": "the model stores no training reference", "flagged": []}}
-    else:
-        features = {
-            f: np.array([float(p.get(f, np.nan)) for p, _ in rows], dtype=np.float64) for f in model.features
-        }
-        scores = np.array([np.nan if sc is None else sc for _, sc in rows], dtype=np.float64)
-        metrics = {"drift": {"available": True, **drift.compare(reference, features, scores)}}
-    with session_scope(database_url) as s:
-        repo.set_job_metrics(s, job_id, metrics)
-    if metrics["drift"]["flagged"]:
-        log.warning("job %s: input drift in %s", job_id, ", ".join(metrics["drift"]["flagged"]))
-    return metrics

@@ -12,7 +12,7 @@ nightly inbox, one module per aggregate.
 - :mod:`~medbatch.db.repository.inbox`: the nightly run's inbox ledger (:class:`InboxStatus`)
 - :mod:`~medbatch.db.repository.morning`: the morning summary's read-only queries
 - :mod:`~medbatch.db.repository.reviews`: reviewers' verdicts and per-version agreement
-- :mod:`~medbatch.db.repository.drift`: a tabular job's scored inputs for its drift check
+- :mod:`~medbatch.db.repository.drift`: a job's scored inputs (tabular) or image features (X-ray) for drift
 
 Everything is re-exported here, so callers write ``from medbatch.db import repository as repo`` and
 ``repo.claim_batch(...)``. Functions take an open :class:`~sqlalchemy.orm.Session` and leave committing
@@ -66,6 +66,8 @@ from medbatch.db.repository.deliveries import (
     settled_studies,
 )
 from medbatch.db.repository.drift import (
+    DRIFT_WORKLOADS,
+    job_scored_details,
     job_scored_inputs,
     monitoring_latest_drift,
 )
@@ -149,6 +151,7 @@ from medbatch.db.repository.staging import (
 )
 
 __all__ = [
+    "DRIFT_WORKLOADS",
     "REPORT_VERDICTS",
     "RESULT_VERDICTS",
     "resolve_report",
@@ -188,6 +191,7 @@ __all__ = [
     "get_job",
     "insert_ignore_conflicts",
     "instance_id",
+    "job_scored_details",
     "job_scored_inputs",
     "monitoring_latest_drift",
     "iter_errors",

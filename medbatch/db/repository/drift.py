@@ -1,5 +1,5 @@
-"""Drift: the scored inputs a tabular job's drift check reads (a bounded sample), and the latest drift per
-workload for the Prometheus exporter."""
+"""Drift: the scored inputs a tabular job's drift check reads, the per-image input features an X-ray job's
+results carry (both a bounded sample), and the latest drift per workload for the Prometheus exporter."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from medbatch.db.tables import FINISHED_JOB, Item, Job, Result
 
 #: Most rows read for one job's drift check (the first by item id): PSI is stable long before this.
 DRIFT_SAMPLE_ROWS = 100_000
+#: The workloads whose finished jobs are measured for drift.
+DRIFT_WORKLOADS = ("risk", "treatment", "xray")
 
 
 def job_scored_inputs(
@@ -28,11 +30,27 @@ def job_scored_inputs(
     return [(dict(p or {}), s) for p, s in session.execute(stmt)]
 
 
+def job_scored_details(
+    session: Session, job_id: int, limit: int = DRIFT_SAMPLE_ROWS
+) -> list[tuple[dict[str, Any], float | None]]:
+    """``(result detail, score)`` of up to ``limit`` scored items of the job, in item order (an X-ray result's
+    detail holds the image's ``input_features``, recorded when it was classified)."""
+    stmt = (
+        select(Result.detail, Result.score)
+        .join(Item, Result.item_id == Item.id)
+        .where(Item.job_id == job_id)
+        .order_by(Item.id)
+        .limit(limit)
+    )
+    return [(dict(d or {}), s) for d, s in session.execute(stmt)]
+
+
 def monitoring_latest_drift(session: Session, *, look_back_jobs: int = 50) -> dict[str, dict[str, Any]]:
-    """The drift block of the latest measured job per tabular workload (among the last ``look_back_jobs``)."""
+    """The drift block of the latest measured job per tabular or X-ray workload (among the last
+    ``look_back_jobs``)."""
     stmt = (
         select(Job.workload, Job.id, Job.metrics)
-        .where(Job.workload.in_(("risk", "treatment")), Job.status.in_(FINISHED_JOB), Job.metrics.is_not(None))
+        .where(Job.workload.in_(DRIFT_WORKLOADS), Job.status.in_(FINISHED_JOB), Job.metrics.is_not(None))
         .order_by(Job.id.desc())
         .limit(look_back_jobs)
     )

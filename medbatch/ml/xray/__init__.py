@@ -29,12 +29,14 @@ from medbatch.ml.evaluation import roc_png
 from medbatch.ml.xray.artifact import ARTIFACT_ENTRIES, load_model, save_model, write_card
 from medbatch.ml.xray.data import (
     IMAGE_SUFFIXES,
+    INPUT_FEATURES,
     MIN_SPLIT_PER_CLASS,
     Split,
     _group_split,
     decode_many,
     find_layout,
     fingerprint,
+    input_features,
     patient_group,
 )
 from medbatch.ml.xray.findings import attention_region, draft_findings, overlay_png
@@ -48,7 +50,7 @@ from medbatch.ml.xray.model import (
     XrayModel,
     build_model,
 )
-from medbatch.ml.xray.training import TrainedXray, choose_threshold, evaluate, train_xray
+from medbatch.ml.xray.training import TrainedXray, choose_threshold, drift_reference, evaluate, train_xray
 
 __all__ = [
     "ARTIFACT_ENTRIES",
@@ -56,6 +58,7 @@ __all__ = [
     "ARTIFACT_NAME",
     "CLASS_NAMES",
     "IMAGE_SUFFIXES",
+    "INPUT_FEATURES",
     "LABELS",
     "LAST_CONV",
     "MIN_SPLIT_PER_CLASS",
@@ -68,10 +71,12 @@ __all__ = [
     "build_model",
     "choose_threshold",
     "decode_many",
+    "drift_reference",
     "draft_findings",
     "evaluate",
     "find_layout",
     "fingerprint",
+    "input_features",
     "load_model",
     "overlay_png",
     "patient_group",

@@ -137,14 +137,37 @@ def fingerprint(paths: Sequence[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
+#: The per-image input features the X-ray drift check compares (see :func:`input_features`).
+INPUT_FEATURES = ("intensity_mean", "intensity_std", "width", "height", "aspect_ratio")
+
+
+def input_features(model_input: np.ndarray, original_shape: Sequence[int]) -> dict[str, float]:
+    """The simple per-image features the X-ray drift reference is made of: mean and standard deviation of the
+    model input's pixels (the resized [0, 1] array, identical in training and serving) and the original
+    width, height and aspect ratio (width / height). Training and the imaging pipeline both call this."""
+    h, w = int(original_shape[0]), int(original_shape[1])
+    return {
+        "intensity_mean": round(float(np.mean(model_input)), 6),
+        "intensity_std": round(float(np.std(model_input)), 6),
+        "width": float(w),
+        "height": float(h),
+        "aspect_ratio": round(w / h, 6) if h else float("nan"),
+    }
+
+
 def decode_many(
     paths: Sequence[Path],
     size: int,
     *,
     threads: int = defaults.IMAGING_DECODE_THREADS,
     progress: Callable[[int, int], None] | None = None,
+    original_shapes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Decode and resize images in parallel threads.
+
+    Args:
+        original_shapes: when given, an ``(n, 2)`` array that receives each image's (height, width) before
+            resizing (left as it was for a rejected image).
 
     Returns:
         ``(pixels, rejected)``: a ``(n, size, size)`` float32 array with NaN rows for rejected images,
@@ -155,7 +178,9 @@ def decode_many(
 
     def one(i: int) -> None:
         try:
-            out[i] = images.load_for_model(paths[i], size)[0]
+            out[i], image = images.load_for_model(paths[i], size)
+            if original_shapes is not None:
+                original_shapes[i] = image.original_shape
         except images.ImageRejected as exc:
             rejected.append((paths[i], str(exc)))
 

@@ -70,6 +70,11 @@ class XrayModel:
         return int(self.meta["input_size"])
 
     @property
+    def metadata(self) -> dict[str, Any]:
+        """The artifact's metadata (``meta.json``), under the name the tabular models use (drift reads it)."""
+        return self.meta
+
+    @property
     def threshold(self) -> float:
         return float(self.meta["threshold"])
 

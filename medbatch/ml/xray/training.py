@@ -15,10 +15,18 @@ import numpy as np
 
 from medbatch import defaults
 from medbatch.errors import InvalidInput
-from medbatch.ml import evaluation
+from medbatch.ml import drift, evaluation
 from medbatch.ml.artifacts import tf_module
 from medbatch.ml.evaluation import roc_png
-from medbatch.ml.xray.data import MIN_SPLIT_PER_CLASS, _group_split, decode_many, find_layout, fingerprint
+from medbatch.ml.xray.data import (
+    INPUT_FEATURES,
+    MIN_SPLIT_PER_CLASS,
+    _group_split,
+    decode_many,
+    find_layout,
+    fingerprint,
+    input_features,
+)
 from medbatch.ml.xray.model import ARTIFACT_FORMAT, CLASS_NAMES, XrayConfig, XrayModel, build_model
 
 
@@ -112,11 +120,21 @@ def train_xray(
     size = config.input_size
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rejected: list[tuple[Path, str]] = []
+    train_shapes = np.zeros((0, 2))
     for name, split in (("train", train), ("val", splits["val"]), ("test", splits["test"])):
         log(f"decoding {name}: {len(split.paths)} images {split.counts()}")
-        x, bad = decode_many(split.paths, size, threads=threads, progress=lambda d, t, n=name: log(f"  {n} {d}/{t}"))
+        shapes = np.zeros((len(split.paths), 2))
+        x, bad = decode_many(
+            split.paths,
+            size,
+            threads=threads,
+            progress=lambda d, t, n=name: log(f"  {n} {d}/{t}"),
+            original_shapes=shapes,
+        )
         keep = ~np.isnan(x).any(axis=(1, 2))
         arrays[name] = (x[keep], split.labels[keep])
+        if name == "train":
+            train_shapes = shapes[keep]
         rejected += bad
     if rejected:
         log(f"{len(rejected)} unreadable image(s) skipped, e.g. {rejected[0][0].name}: {rejected[0][1]}")
@@ -202,6 +220,7 @@ def train_xray(
             "notes": notes,
         },
         "metrics": metrics,
+        "drift_reference": drift_reference(x_train, train_shapes, test_scores),
         "seed": seed,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tensorflow": tf.__version__,
@@ -211,6 +230,13 @@ def train_xray(
     return TrainedXray(
         keras_model=model, meta=meta, roc_png=png, history={k: list(v) for k, v in history.history.items()}
     )
+
+
+def drift_reference(x_train: np.ndarray, shapes: np.ndarray, test_scores: np.ndarray) -> dict[str, Any]:
+    """The drift reference (``ml/drift``): per-image input features of the training split, held-out scores."""
+    rows = [input_features(x, s) for x, s in zip(x_train, shapes, strict=True)]
+    features = {f: np.array([r[f] for r in rows], dtype=np.float64) for f in INPUT_FEATURES}
+    return drift.reference(features, test_scores)
 
 
 def _predict_all(model: XrayModel, x: np.ndarray, batch: int = 64) -> np.ndarray:
