@@ -78,6 +78,16 @@ def test_xray_folder_end_to_end(db_url, sender, start_worker, tmp_path, xray_art
             assert d["findings"].startswith("DRAFT") and "clinician review" in d["findings"]
         else:
             assert d["heatmap"] is None and d["findings"] is None
+    # And the finished job's drift against the training images is measured from the results' input features:
+    # tonight's 200 px radiographs (and the real CR) lie outside the 64 px training sizes
+    from medbatch.jobs import job_status
+    from medbatch.ml.xray import INPUT_FEATURES
+
+    assert all(set(r["detail"]["input_features"]) == set(INPUT_FEATURES) for r in rows)
+    block = job_status(db_url, summary.job_id, measure_missing=True)["drift"]
+    assert block["available"] and block["n"] == 13 and set(block["features"]) == set(INPUT_FEATURES)
+    assert {"width", "height"} <= set(block["flagged"]) and block["features"]["width"]["out_of_range_share"] == 1.0
+    assert block["scores"] is not None
     # TensorFlow lives in the pool child only, never in the parent that forks it
     parent, *children = _pids(worker.process.pid)
     assert not _has_tensorflow(parent)
