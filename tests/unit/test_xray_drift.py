@@ -62,3 +62,33 @@ def test_trained_xray_artifact_stores_the_drift_reference(xray_artifact):
     assert set(ref["features"]) == set(xray.INPUT_FEATURES)
     assert ref["features"]["width"]["n"] == meta["metrics"]["n_train"]
     assert ref["scores"]["n"] == meta["metrics"]["test"]["n"]
+
+
+def test_old_xray_artifact_without_reference_gives_no_drift_block_and_no_error(xray_artifact, sqlite_url, tmp_path):
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.db.tables import Job
+    from medbatch.jobs import job_status
+    from medbatch.pipeline.drift import finalize_job
+    from tests.helpers import register_xray
+
+    # Given an X-ray artifact written before drift references existed (same weights, no drift_reference)
+    old = tmp_path / "old" / xray_artifact.name
+    old.parent.mkdir()
+    with zipfile.ZipFile(xray_artifact) as src, zipfile.ZipFile(old, "w", zipfile.ZIP_STORED) as dst:
+        meta = json.loads(src.read("meta.json"))
+        meta.pop("drift_reference")
+        dst.writestr("model.keras", src.read("model.keras"))
+        dst.writestr("meta.json", json.dumps(meta))
+    version = register_xray(sqlite_url, old)
+    with session_scope(sqlite_url) as s:
+        job = Job(workload="xray", status="completed", model_name="xray", model_version=version)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    # When the finished job is measured (as its worker, then `medbatch status`, would)
+    assert finalize_job(sqlite_url, job_id) == {}
+    # Then it is measured once, with no drift block and no error
+    with session_scope(sqlite_url) as s:
+        assert repo.get_job(s, job_id).metrics == {}
+    assert job_status(sqlite_url, job_id, measure_missing=True)["drift"] is None
