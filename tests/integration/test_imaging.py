@@ -88,6 +88,12 @@ def test_xray_folder_end_to_end(db_url, sender, start_worker, tmp_path, xray_art
     assert block["available"] and block["n"] == 13 and set(block["features"]) == set(INPUT_FEATURES)
     assert {"width", "height"} <= set(block["flagged"]) and block["features"]["width"]["out_of_range_share"] == 1.0
     assert block["scores"] is not None
+    from prometheus_client import generate_latest
+
+    from medbatch.monitoring import make_registry
+
+    exposition = generate_latest(make_registry(db_url, service_env["MEDBATCH_BROKER_URL"])).decode()
+    assert 'medbatch_drift_psi{feature="width",workload="xray"}' in exposition
     # TensorFlow lives in the pool child only, never in the parent that forks it
     parent, *children = _pids(worker.process.pid)
     assert not _has_tensorflow(parent)
