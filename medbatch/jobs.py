@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 
 #: Seconds between two looks at the database while waiting.
 DEFAULT_POLL_S = 1.0
+#: What :func:`job_status` adds to the cheap counts that each look of a wait reports (``repository.job_counts``).
+STATUS_ONLY_KEYS = ("labels", "drift")
 
 
 def job_status(database_url: str, job_id: int, *, measure_missing: bool = False) -> dict:
