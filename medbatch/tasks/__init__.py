@@ -21,10 +21,11 @@ DatabaseIdentity = Annotated[str, Pattern(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-
 log = logging.getLogger("medbatch.tasks")
 
 #: The retry policy of every batch task: any error but a permanent one (or a message for another
-#: database) is retried with jittered exponential backoff, capped at MEDBATCH_TASK_RETRY_BACKOFF_MAX_S.
+#: database, handed back to the queue with Reject, never retried here with an ETA) is retried with
+#: jittered exponential backoff, capped at MEDBATCH_TASK_RETRY_BACKOFF_MAX_S.
 RETRY = {
     "autoretry_for": (Exception,),
-    "dont_autoretry_for": (PermanentError, WrongDatabase),
+    "dont_autoretry_for": (PermanentError, WrongDatabase, Reject),
     "retry_backoff": 2,
     "retry_backoff_max": get_settings().task_retry_backoff_max_s,
     "retry_jitter": True,

@@ -151,3 +151,5 @@ def test_worker_on_another_database_refuses_the_message(db_url, celery_app, star
         assert repo.job_counts(s, job_b.job_id)["items_done"] == 0
     start_worker("tabular", env={"MEDBATCH_DATABASE_URL": other})
     assert wait_for_job(other, job_b.job_id, timeout_s=120)["items_done"] == 30
+    # and worker A handed the message back to the queue, never retried it with an ETA of its own
+    assert "Retry in" not in worker_a.log_path.read_text()
