@@ -18,6 +18,7 @@ from typing import Any
 from medbatch.db import repository as repo
 from medbatch.db.repository import morning as q
 from medbatch.db.session import session_scope
+from medbatch.defaults import DRIFT_OUT_OF_RANGE_MAX, DRIFT_PSI_MAX
 from medbatch.ml.moses import MOSES_CHARRNN
 from medbatch.molecule_metrics import METRIC_KEYS, figures
 from medbatch.reviews import agreement_text
@@ -335,8 +336,13 @@ def render(data: dict[str, Any]) -> str:
             )
         parts.append(
             _table(
-                ["job", "rows", "drifted (PSI > 0.25 or > 5% outside range)", "largest PSI / outside range",
-                 "mean score vs held out"],
+                [
+                    "job",
+                    "rows",
+                    f"drifted (PSI > {DRIFT_PSI_MAX} or > {DRIFT_OUT_OF_RANGE_MAX:.0%} outside range)",
+                    "largest PSI / outside range",
+                    "mean score vs held out",
+                ],
                 rows,
                 numeric={1},
             )
