@@ -30,8 +30,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
  && pip install --no-deps 'molsets>=0.3.1'
-# molsets (above, without its torch dependencies) carries the MOSES data the molecule workers need at
-# run time: the training SMILES for novelty and the MCF/PAINS filter SMARTS. Nothing imports `moses`.
+# molsets (above, without its torch dependencies) carries the MOSES training SMILES that
+# `medbatch train molecules` reads; workers score with the filter SMARTS and training-set hashes shipped
+# in the package. Nothing imports `moses`.
 
 # GPU image (compose's worker-imaging-gpu builds with TENSORFLOW_GPU=1): swap the CPU-only TensorFlow
 # wheel for the same version with its CUDA libraries from PyPI. The NVIDIA driver comes from the host

@@ -63,8 +63,19 @@ def read_moses_smiles(split: str = "train") -> list[str]:
         return [line.strip() for line in fh if line.strip()]
 
 
+#: What generation needs of MOSES, shipped in the package so a plain ``pip install`` scores molecules without
+#: molsets (which only training needs): the filter SMARTS and the training set's sorted hashes. Written from
+#: molsets 0.3.1; ``moses_reference.json`` beside them records the source file's SHA-256, and a test checks
+#: both against molsets whenever it is installed.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models"
+SHIPPED_FILTERS = SHIPPED_DIR / "moses_filters.smarts"
+SHIPPED_TRAIN_HASHES = SHIPPED_DIR / "moses_train_hashes.npy"
+
+
 def moses_filter_smarts() -> list[str]:
-    """The MOSES filter SMARTS (MCF, then WEHI PAINS) from the molsets package's data files, as text."""
+    """The MOSES filter SMARTS (MCF, then WEHI PAINS), as text: the shipped copy, else molsets' data files."""
+    if SHIPPED_FILTERS.is_file():
+        return [line for line in SHIPPED_FILTERS.read_text().splitlines() if line.strip()]
     metrics = moses_data_dir().parent.parent / "metrics"
     smarts: list[str] = []
     with open(metrics / "mcf.csv", newline="") as fh:
@@ -108,13 +119,15 @@ class TrainingSet:
 
 
 def moses_training_set(cache_dir: Path | None = None) -> TrainingSet:
-    """The MOSES training set, once per process.
+    """The MOSES training set, once per process: the shipped hashes (:data:`SHIPPED_TRAIN_HASHES`), else molsets'.
 
     Hashing the 1.58M SMILES of ``train.csv.gz`` takes seconds, so the sorted hashes are kept in
     ``cache_dir`` (default ``~/.cache/medbatch``), keyed by the file's size and modification time; a
     cache that cannot be written or read is simply not used.
     """
     with _lock:
+        if "train" not in _cache and SHIPPED_TRAIN_HASHES.is_file():
+            _cache["train"] = TrainingSet(np.load(SHIPPED_TRAIN_HASHES, allow_pickle=False))
         if "train" not in _cache:
             path = moses_data_dir() / "train.csv.gz"
             st = path.stat()

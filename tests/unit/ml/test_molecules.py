@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import zipfile
 from pathlib import Path
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from medbatch.errors import InvalidInput, ModelMisconfigured
-from medbatch.ml import chem, molecules
+from medbatch.ml import chem, molecules, moses
+from tests.helpers import need
 
 
 def test_tokenizer_round_trips_multi_character_tokens():
@@ -197,3 +199,34 @@ def test_metrics_of_an_empty_or_all_invalid_generation():
     m = chem.set_metrics([_rec(None), _rec(None)])
     assert m["validity"] == 0.0 and m["valid"] == 0 and m["novelty"] is None
     assert m["intdiv"] is None and m["filters"] is None
+
+
+def test_the_shipped_moses_copies_equal_molsets_data():
+    """Generation reads the shipped filter SMARTS and training-set hashes (a plain pip install has no molsets);
+    they must be exactly what molsets' own files give."""
+    try:
+        data = moses.moses_data_dir()
+    except Exception as exc:  # noqa: BLE001
+        need("molsets", str(exc))
+    metrics = data.parent.parent / "metrics"
+    with open(metrics / "mcf.csv", newline="") as fh:
+        expected = [row["smarts"].strip() for row in csv.DictReader(fh)]
+    with open(metrics / "wehi_pains.csv", newline="") as fh:
+        expected += [row[0].strip() for row in csv.reader(fh, skipinitialspace=True) if row]
+    assert moses.moses_filter_smarts() == expected
+    shipped = np.load(moses.SHIPPED_TRAIN_HASHES, allow_pickle=False)
+    assert np.array_equal(shipped, moses.TrainingSet.from_smiles(moses.read_moses_smiles("train")).hashes)
+
+
+def test_molecules_are_scored_without_molsets(monkeypatch):
+    def missing():
+        raise InvalidInput("the MOSES data is missing: `pip install --no-deps molsets`")
+
+    monkeypatch.setattr(moses, "moses_data_dir", missing)
+    monkeypatch.setattr(moses, "_cache", {})
+    monkeypatch.delitem(chem._cache, "moses_filters", raising=False)
+    training = moses.moses_training_set()
+    assert len(training) == 1_584_663
+    assert len(moses.moses_filter_smarts()) == 502
+    s = chem.score("CCO", training)
+    assert s.valid and s.novel is not None
