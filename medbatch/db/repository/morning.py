@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from medbatch.db.tables import (
     Batch,
+    BatchStatus,
     Item,
     ItemError,
     Job,
@@ -173,7 +174,5 @@ def llm_usage(session: Session, job_ids: Sequence[int]) -> list[dict[str, Any]]:
 def dead_batches(session: Session, job_ids: Sequence[int]) -> int:
     if not job_ids:
         return 0
-    return int(
-        session.scalar(select(func.count()).select_from(Batch).where(Batch.job_id.in_(job_ids), Batch.status == "dead"))
-        or 0
-    )
+    dead = select(func.count()).select_from(Batch).where(Batch.job_id.in_(job_ids), Batch.status == BatchStatus.DEAD)
+    return int(session.scalar(dead) or 0)
