@@ -26,6 +26,7 @@ from medbatch.config import error_reason
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.db.tables import BatchStatus, ItemStatus
+from medbatch.defaults import DRIFT_OUT_OF_RANGE_MAX, DRIFT_PSI_MAX
 from medbatch.worker.routing import QUEUES, WORKLOADS
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,8 @@ def _drift_families(drift: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFam
     )
     flagged = GaugeMetricFamily(
         "medbatch_drift_flagged_features",
-        "Features flagged as drifted (PSI > 0.25 or > 5% out of range) in the latest measured job",
+        f"Features flagged as drifted (PSI > {DRIFT_PSI_MAX} or > {DRIFT_OUT_OF_RANGE_MAX:.0%} out of range) "
+        "in the latest measured job",
         labels=["workload"],
     )
     scores = GaugeMetricFamily(
