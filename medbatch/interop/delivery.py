@@ -148,6 +148,11 @@ class ExportSummary:
     unavailable: str | None = None
     reasons: list[str] = field(default_factory=list)
 
+    def note(self, reason: str | None) -> None:
+        """Keep up to five distinct failure reasons for the person who ran the export."""
+        if reason and len(self.reasons) < 5 and reason not in self.reasons:
+            self.reasons.append(reason)
+
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
@@ -191,12 +196,17 @@ def _overlay(detail: dict) -> Any:
         return np.asarray(img.convert("RGB"))
 
 
+def _positive(row: Any) -> bool:
+    """A finding for review: it gets an SC (the Grad-CAM overlay) besides its SR."""
+    return bool((row.detail or {}).get("requires_review")) or row.label == "pneumonia"
+
+
 def _objects_for(row: Any, source: Any, kinds_needed: set[str]) -> list[tuple[str, Any]]:
     detail = row.detail or {}
     finding = objects.XrayFinding(
         probability=float(row.score if row.score is not None else detail.get("probability", 0.0)),
         threshold=float(detail.get("threshold", 0.5)),
-        positive=bool(detail.get("requires_review")) or row.label == "pneumonia",
+        positive=_positive(row),
         model_name=row.model_name,
         model_version=row.model_version,
         findings_text=detail.get("findings"),
@@ -239,7 +249,7 @@ def export_job(
     try:
         for n, row in enumerate(rows, 1):
             needed = {k for k in ("sr", "sc") if (row.item_id, k) not in done}
-            positive = bool((row.detail or {}).get("requires_review")) or row.label == "pneumonia"
+            positive = _positive(row)
             summary.already_sent += sum(1 for k in ("sr", "sc") if (row.item_id, k) in done and (k == "sr" or positive))
             if not positive:
                 needed.discard("sc")
@@ -298,8 +308,7 @@ def _export_item(row, needed, job_id, destination, database_url, sender, sources
                 summary.sent += 1
             else:
                 summary.failed += 1
-                if reason and len(summary.reasons) < 5 and reason not in summary.reasons:
-                    summary.reasons.append(reason)
+                summary.note(reason)
     return summary.unavailable is None
 
 
@@ -312,8 +321,7 @@ def _record(database_url, job_id, item_id, destination, kinds, reason, summary) 
             )
             summary.objects += 1
             summary.failed += 1
-    if len(summary.reasons) < 5 and reason not in summary.reasons:
-        summary.reasons.append(reason)
+    summary.note(reason)
 
 
 def return_destination(job_options: dict, configured: str) -> str | None:
