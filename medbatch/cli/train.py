@@ -32,6 +32,8 @@ Activate = Annotated[
     bool, typer.Option("--activate/--no-activate", help="Make it the active model (unless worse than the active one).")
 ]
 Force = Annotated[bool, typer.Option("--force", help="Activate even when its held-out metric is worse.")]
+OutDir = Annotated[Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
 
 train_app = typer.Typer(help="Train a model, evaluate it on held-out data and register it.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -45,10 +47,8 @@ def train_risk(
     ] = None,
     target: Annotated[str, typer.Option(help="Outcome column (0/1).")] = "outcome",
     dataset: Annotated[str | None, typer.Option(help="Train on a built-in dataset instead: nhefs.")] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out_dir: OutDir = None,
+    seed: Seed = 0,
     model: ModelChoice = None,
     cv_folds: CvFolds = None,
     activate: Activate = True,
@@ -69,10 +69,8 @@ def train_treatment(
     ] = None,
     target: Annotated[str, typer.Option(help="Plan label column (any number of classes).")] = "outcome",
     dataset: Annotated[str | None, typer.Option(help="Train on a built-in dataset instead: framingham.")] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out_dir: OutDir = None,
+    seed: Seed = 0,
     model: ModelChoice = None,
     cv_folds: CvFolds = None,
     activate: Activate = True,
@@ -105,10 +103,8 @@ def train_xray(
         float, typer.Option(min=0.05, max=0.5, help="Share of train held out when val/ or test/ is missing or tiny.")
     ] = 0.15,
     augment: Annotated[bool, typer.Option(help="Random rotation, shift, zoom and contrast while training.")] = True,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out_dir: OutDir = None,
+    seed: Seed = 0,
     activate: Activate = True,
     force: Force = False,
 ) -> None:
@@ -184,9 +180,7 @@ def train_molecules(
     time_budget_min: Annotated[
         float | None, typer.Option(help="Stop training after this many minutes (recorded; not reproducible).")
     ] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")
-    ] = None,
+    out_dir: OutDir = None,
     seed: Annotated[int, typer.Option(help="Random seed (subset, weights, evaluation samples).")] = 0,
     activate: Activate = True,
     force: Force = False,
