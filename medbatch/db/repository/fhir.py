@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from medbatch.db.tables import Item, Report, Result
+from medbatch.db.repository.queries import RESULT_COLUMNS, select_job_results
+from medbatch.db.tables import Item
 
 
 def iter_fhir_rows(
@@ -19,28 +19,10 @@ def iter_fhir_rows(
     ``with_payload`` adds the item's payload (X-ray jobs: where the image is, to find its Study Instance UID);
     report jobs carry the drafted text and its review flag.
     """
-    cols = [
-        Item.id,
-        Item.patient_ref,
-        Result.label,
-        Result.score,
-        Result.model_name,
-        Result.model_version,
-        Result.detail,
-        Result.created_at,
-        Report.text,
-        Report.requires_review,
-    ]
+    cols = [Item.id, Item.patient_ref, *RESULT_COLUMNS]
     if with_payload:
         cols.append(Item.payload)
-    stmt = (
-        select(*cols)
-        .join(Result, Result.item_id == Item.id)
-        .outerjoin(Report, Report.item_id == Item.id)
-        .where(Item.job_id == job_id)
-        .order_by(Item.id)
-        .execution_options(yield_per=chunk)
-    )
+    stmt = select_job_results(job_id, *cols, chunk=chunk)
     for row in session.execute(stmt):
         yield {
             "item_id": row.id,

@@ -103,35 +103,51 @@ def job_of_batch(session: Session, batch_id: int) -> int:
     return job_id
 
 
-def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Iterator[dict[str, Any]]:
-    """Every result of a job with its source file, row and patient identifier, in input order.
+#: The columns of a result every reader of results shows.
+RESULT_COLUMNS = (
+    Result.label,
+    Result.score,
+    Result.model_name,
+    Result.model_version,
+    Result.detail,
+    Result.created_at,
+    Report.text,
+    Report.requires_review,
+)
 
-    Report jobs also carry the report itself (text, review flag, provider accounting).
+
+def select_job_results(job_id: int, *cols: Any, chunk: int) -> Any:
+    """Each result of a job with its item and (report jobs) its report, in input order, ``chunk`` rows at a time.
+
+    ``cols`` come from ``Item``, ``Result`` and ``Report``; items without a result are left out.
     """
-    stmt = (
-        select(
-            Item.source_uri,
-            Item.source_row,
-            Item.patient_ref,
-            Item.item_key,
-            Result.label,
-            Result.score,
-            Result.model_name,
-            Result.model_version,
-            Result.detail,
-            Result.created_at,
-            Report.text,
-            Report.requires_review,
-            Report.tokens_in,
-            Report.tokens_out,
-            Report.cost_usd,
-            Report.finish_reason,
-        )
+    return (
+        select(*cols)
         .join(Result, Result.item_id == Item.id)
         .outerjoin(Report, Report.item_id == Item.id)
         .where(Item.job_id == job_id)
         .order_by(Item.id)
         .execution_options(yield_per=chunk)
+    )
+
+
+def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Iterator[dict[str, Any]]:
+    """Every result of a job with its source file, row and patient identifier, in input order.
+
+    Report jobs also carry the report itself (text, review flag, provider accounting).
+    """
+    stmt = select_job_results(
+        job_id,
+        Item.source_uri,
+        Item.source_row,
+        Item.patient_ref,
+        Item.item_key,
+        *RESULT_COLUMNS,
+        Report.tokens_in,
+        Report.tokens_out,
+        Report.cost_usd,
+        Report.finish_reason,
+        chunk=chunk,
     )
     for row in session.execute(stmt):
         out = {
