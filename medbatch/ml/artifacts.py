@@ -16,6 +16,7 @@ Celery parent process never loads TensorFlow before it forks its children.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -162,13 +163,8 @@ def load_keras_zip(path: Path, *, entries: set[str], artifact_format: str, kind:
 
     try:
         with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if names != set(entries):
-                raise ModelMisconfigured(f"{path} is not a medbatch {kind} artifact (holds {sorted(names)})")
-            meta = json.loads(zf.read(META_ENTRY))
-            if meta.get("format") != artifact_format:
-                raise ModelMisconfigured(f"{path}: unknown artifact format {meta.get('format')!r}")
-            others = {name: zf.read(name) for name in sorted(names - {KERAS_ENTRY, META_ENTRY})}
+            meta = _checked_meta(zf, path, entries=entries, artifact_format=artifact_format, kind=kind)
+            others = {name: zf.read(name) for name in sorted(set(zf.namelist()) - {KERAS_ENTRY, META_ENTRY})}
             with tempfile.TemporaryDirectory(prefix="medbatch-keras-") as tmp:
                 target = Path(tmp) / KERAS_ENTRY
                 target.write_bytes(zf.read(KERAS_ENTRY))
@@ -176,3 +172,28 @@ def load_keras_zip(path: Path, *, entries: set[str], artifact_format: str, kind:
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise ModelMisconfigured(f"{path}: cannot load {kind} model: {type(exc).__name__}: {exc}") from None
     return model, meta, others
+
+
+def read_keras_zip_meta(data: bytes, *, label: str, entries: set[str], artifact_format: str, kind: str) -> dict:
+    """``meta.json`` of a Keras-zip artifact held in memory, checked as :func:`load_keras_zip` checks it,
+    without TensorFlow (``label`` names the artifact in error messages). The caller verifies the bytes' hash.
+
+    Raises:
+        ModelMisconfigured: other entries, another format, or unreadable.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return _checked_meta(zf, label, entries=entries, artifact_format=artifact_format, kind=kind)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise ModelMisconfigured(f"{label}: cannot read {kind} metadata: {type(exc).__name__}: {exc}") from None
+
+
+def _checked_meta(zf: zipfile.ZipFile, label: Any, *, entries: set[str], artifact_format: str, kind: str) -> dict:
+    """The zip's ``meta.json``, after checking it holds exactly ``entries`` and carries ``artifact_format``."""
+    names = set(zf.namelist())
+    if names != set(entries):
+        raise ModelMisconfigured(f"{label} is not a medbatch {kind} artifact (holds {sorted(names)})")
+    meta = json.loads(zf.read(META_ENTRY))
+    if meta.get("format") != artifact_format:
+        raise ModelMisconfigured(f"{label}: unknown artifact format {meta.get('format')!r}")
+    return meta

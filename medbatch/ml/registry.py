@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medbatch.errors import ModelMisconfigured
-from medbatch.ml.artifacts import file_version  # noqa: F401 - re-exported: the registry's version of a file
+from medbatch.ml.artifacts import bytes_version, file_version, read_artifact  # file_version: re-exported too
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models"
 BUILTIN_PREFIX = "builtin:"
@@ -97,14 +97,32 @@ def load(name: str, version: str, uri: str) -> Any:
         path = resolve_uri(uri)
         if not path.is_file():
             raise ModelMisconfigured(f"model {name} {version}: artifact {path} not found on this worker")
-        actual = file_version(path)
-        if actual != version:
-            raise ModelMisconfigured(
-                f"model {name}: artifact {path} hashes to {actual}, registry says {version} (changed or tampered)"
-            )
+        _check_version(name, version, path, file_version(path))
         model = _loader(name)(path)
         _cache[key] = model
         return model
+
+
+def verified_bytes(name: str, version: str, uri: str) -> bytes:
+    """The bytes of model ``name``'s artifact at ``uri``, read once and checked to hash to ``version``
+    (what :func:`load` checks), for reading its metadata without loading the model.
+
+    Raises:
+        ModelMisconfigured: the artifact is missing or its bytes do not hash to ``version``.
+    """
+    path = resolve_uri(uri)
+    if not path.is_file():
+        raise ModelMisconfigured(f"model {name} {version}: artifact {path} not found on this worker")
+    data = read_artifact(path)
+    _check_version(name, version, path, bytes_version(data))
+    return data
+
+
+def _check_version(name: str, version: str, path: Path, actual: str) -> None:
+    if actual != version:
+        raise ModelMisconfigured(
+            f"model {name}: artifact {path} hashes to {actual}, registry says {version} (changed or tampered)"
+        )
 
 
 def clear_cache() -> None:

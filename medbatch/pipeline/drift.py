@@ -31,6 +31,7 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
     """
     from medbatch.db.tables import FINISHED_JOB
     from medbatch.ml import drift, registry
+    from medbatch.ml.xray.artifact import read_meta as xray_meta
 
     with session_scope(database_url) as s:
         job = repo.get_job(s, job_id)
@@ -41,8 +42,13 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
         workload, name, version = job.workload, job.model_name, job.model_version
         uri = repo.find_model(s, name, version).uri
         rows = repo.job_scored_details(s, job_id) if workload == "xray" else repo.job_scored_inputs(s, job_id)
-    model = registry.load(name, version, uri)
-    reference = (getattr(model, "metadata", None) or {}).get("drift_reference")
+    if workload == "xray":  # meta.json is enough: no TensorFlow when measured after the worker (medbatch status)
+        model = registry.cached(name, version)
+        meta = model.metadata if model is not None else xray_meta(registry.verified_bytes(name, version, uri), uri)
+    else:
+        model = registry.load(name, version, uri)
+        meta = getattr(model, "metadata", None)
+    reference = (meta or {}).get("drift_reference")
     if not reference and workload == "xray":
         metrics: dict[str, Any] = {}
     elif not reference:

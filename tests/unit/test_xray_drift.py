@@ -7,6 +7,7 @@ import json
 import zipfile
 
 import numpy as np
+import pytest
 
 from medbatch.ml import drift, xray
 from medbatch.producer.synthetic import write_xrays
@@ -92,3 +93,40 @@ def test_old_xray_artifact_without_reference_gives_no_drift_block_and_no_error(x
     with session_scope(sqlite_url) as s:
         assert repo.get_job(s, job_id).metrics == {}
     assert job_status(sqlite_url, job_id, measure_missing=True)["drift"] is None
+
+
+def test_xray_job_measured_after_its_worker_reads_meta_json_without_loading_the_model(
+    xray_artifact, sqlite_url, tmp_path, monkeypatch
+):
+    from medbatch.db.session import session_scope
+    from medbatch.db.tables import Job
+    from medbatch.errors import ModelMisconfigured
+    from medbatch.ml import artifacts, registry
+    from medbatch.pipeline.drift import finalize_job
+    from tests.helpers import register_xray
+
+    def no_tensorflow():
+        raise AssertionError("TensorFlow imported to read a drift reference")
+
+    # Given a finished X-ray job whose model is not loaded in this process (`medbatch status`, nightly)
+    version = register_xray(sqlite_url, xray_artifact)
+    registry.clear_cache()
+    monkeypatch.setattr(artifacts, "tf_module", no_tensorflow)
+    with session_scope(sqlite_url) as s:
+        jobs = [Job(workload="xray", status="completed", model_name="xray", model_version=version) for _ in "ab"]
+        s.add_all(jobs)
+        s.flush()
+        first, second = (j.id for j in jobs)
+    # When it is measured
+    metrics = finalize_job(sqlite_url, first)
+    # Then the drift block is measured against meta.json's reference (none gives {}), with no model loaded
+    assert metrics["drift"]["available"] is True and metrics["drift"]["n"] == 0
+    assert registry.cached("xray", version) is None
+    # When the artifact's bytes no longer hash to the registered version
+    tampered = bytearray(xray_artifact.read_bytes())
+    tampered[-1] ^= 1
+    monkeypatch.setattr(registry, "resolve_uri", lambda uri: tmp_path / "tampered.zip")
+    (tmp_path / "tampered.zip").write_bytes(bytes(tampered))
+    # Then nothing in it is trusted
+    with pytest.raises(ModelMisconfigured, match="changed or tampered"):
+        finalize_job(sqlite_url, second)

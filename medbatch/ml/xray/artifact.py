@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from medbatch.ml.artifacts import file_version, json_bytes, load_keras_zip, save_keras_zip
+from medbatch.ml.artifacts import file_version, json_bytes, load_keras_zip, read_keras_zip_meta, save_keras_zip
 from medbatch.ml.xray.model import ARTIFACT_FORMAT, ARTIFACT_NAME, XrayModel
 from medbatch.ml.xray.training import TrainedXray
 
@@ -24,6 +24,19 @@ def load_model(path: Path) -> XrayModel:
     path = Path(path)
     model, meta, _ = load_keras_zip(path, entries=ARTIFACT_ENTRIES, artifact_format=ARTIFACT_FORMAT, kind="X-ray")
     return XrayModel(name=meta.get("name", "xray"), version=file_version(path), keras_model=model, meta=meta)
+
+
+def read_meta(data: bytes, label: str) -> dict[str, Any]:
+    """The ``meta.json`` of artifact bytes written by :func:`save_model`, checked as :func:`load_model`
+    checks it, without TensorFlow (drift measured after the worker, e.g. ``medbatch status``). The caller
+    verifies the bytes' hash (:func:`medbatch.ml.registry.verified_bytes`).
+
+    Raises:
+        ModelMisconfigured: not a medbatch X-ray artifact, or unreadable.
+    """
+    return read_keras_zip_meta(
+        data, label=label, entries=ARTIFACT_ENTRIES, artifact_format=ARTIFACT_FORMAT, kind="X-ray"
+    )
 
 
 def save_model(keras_model, meta: dict[str, Any], directory: Path) -> Path:
