@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from medbatch.interop.delivery import normalise_destination
 from medbatch.interop.dicomweb import DicomWeb, PacsAccess, check_study_date, check_url, first_part
 from medbatch.interop.listener import instance_path
 from tests.helpers import need
+from tests.orthanc import dciodvfy_errors, dciodvfy_missing
 
 DICOM_DIR = Path(pytest.importorskip("data_store").__file__).parent / "data"
 
@@ -50,17 +50,14 @@ def test_uids_derive_from_source_model_and_kind_only():
 
 @pytest.mark.parametrize("positive", [True, False])
 def test_sr_and_sc_pass_dciodvfy(tmp_path, positive):
-    if subprocess.run(["which", "dciodvfy"], capture_output=True).returncode:
-        need("dciodvfy", "apt-get install dicom3tools")
+    if dciodvfy_missing():
+        need("dciodvfy", dciodvfy_missing())
     built = [("sr", objects.build_sr(_source(), _finding(positive)))]
     if positive:
         rgb = (np.random.default_rng(0).random((120, 100, 3)) * 255).astype(np.uint8)
         built.append(("sc", objects.build_sc(_source(), rgb, _finding(positive))))
     for kind, ds in built:
-        path = tmp_path / f"{kind}.dcm"
-        path.write_bytes(objects.to_bytes(ds))
-        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-        assert [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")] == [], kind
+        assert dciodvfy_errors(objects.to_bytes(ds), tmp_path) == [], kind
         assert ds.StudyInstanceUID == _source().StudyInstanceUID and ds.PatientID == _source().PatientID
     sr = built[0][1]
     assert (sr.PreliminaryFlag, sr.VerificationFlag) == ("PRELIMINARY", "UNVERIFIED")
