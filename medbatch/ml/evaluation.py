@@ -145,14 +145,7 @@ def expected_calibration_error(y_pos: np.ndarray, p: np.ndarray, *, n_bins: int 
 def reliability_png(curves: dict[str, list[dict[str, Any]]], title: str) -> bytes:
     """A reliability plot (mean predicted vs observed per bin, one line per model) from
     :func:`calibration_bins` tables, as PNG bytes; the diagonal is perfect calibration."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig, ax = _figure(5)
     top = 0.0
     for label, bins in curves.items():
         xs = [b["mean_predicted"] for b in bins]
@@ -167,24 +160,14 @@ def reliability_png(curves: dict[str, list[dict[str, Any]]], title: str) -> byte
     ax.set_ylabel("observed rate")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def roc_png(y_true: np.ndarray, scores: np.ndarray, threshold: float, title: str) -> bytes:
     """A ROC curve with the chosen operating point, as PNG bytes (only the chance line with one class)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    fig, ax = _figure(4.5)
     if len(np.unique(y_true)) == 2:
         fpr, tpr, _ = roc_curve(y_true, scores)
         ax.plot(fpr, tpr, label="model")
@@ -197,6 +180,25 @@ def roc_png(y_true: np.ndarray, scores: np.ndarray, threshold: float, title: str
     ax.set_ylabel("sensitivity")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def _figure(inches: float):
+    """``(figure, axes)``: a square matplotlib figure of ``inches`` at 100 dpi, on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(inches, inches), dpi=100)
+
+
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (laid out tight); the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
