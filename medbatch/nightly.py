@@ -206,7 +206,7 @@ def scan_inbox(
             found.append(Candidate(path, None, refusal, size=stat.st_size, readable=False))
             continue
         if now - stat.st_mtime < settle_s:
-            arriving.append(str(path))
+            arriving.append(shown_path(path))
             continue
         try:
             workload, reason = _classify(path, inbox)
