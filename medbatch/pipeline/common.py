@@ -52,6 +52,23 @@ def release_claim(database_url: str, batch_id: int, reason: str) -> None:
         log.warning("batch %s: could not release the claim (%s)", batch_id, reason)
 
 
+def measure_drift_when_done(database_url: str, batch_id: int, out: dict[str, Any]) -> None:
+    """After a batch of a drift-measured workload is done (``out`` is :func:`run_batch`'s summary), measure its
+    job's drift if the job has finished (:func:`medbatch.pipeline.drift.finalize_job`); a failure is logged, never
+    raised: the results are written, and ``medbatch status`` measures drift again.
+    """
+    from medbatch.pipeline.drift import finalize_job
+
+    if out.get("status") != "done":
+        return
+    with session_scope(database_url) as s:
+        job_id = repo.job_of_batch(s, batch_id)
+    try:
+        finalize_job(database_url, job_id)
+    except Exception:  # noqa: BLE001 - the results are written; `medbatch status` measures drift again
+        log.exception("job %s: drift could not be measured", job_id)
+
+
 def run_batch(
     batch_id: int,
     *,

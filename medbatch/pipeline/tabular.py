@@ -5,10 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from medbatch.db import repository as repo
-from medbatch.db.session import session_scope
-from medbatch.pipeline.common import item_failure, run_batch
-from medbatch.pipeline.drift import finalize_job
+from medbatch.pipeline.common import item_failure, measure_drift_when_done, run_batch
 
 log = logging.getLogger("medbatch.pipeline.tabular")
 
@@ -71,11 +68,5 @@ def score_batch(
         expected_db=expected_db,
         workloads=("risk", "treatment"),
     )
-    if out.get("status") == "done":
-        with session_scope(database_url) as s:
-            job_id = repo.job_of_batch(s, batch_id)
-        try:
-            finalize_job(database_url, job_id)
-        except Exception:  # noqa: BLE001 - the results are written; `medbatch status` measures drift again
-            log.exception("job %s: drift could not be measured", job_id)
+    measure_drift_when_done(database_url, batch_id, out)
     return out
