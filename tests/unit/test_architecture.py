@@ -90,3 +90,16 @@ def test_cli_help_imports_no_heavy_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ml_packages_import_no_heavy_framework():
+    # TensorFlow/Keras/sklearn are imported inside functions (a Celery parent forks before any is loaded);
+    # medbatch.ml.tabular is the exception: it is the sklearn model's own package, imported by its loader only.
+    modules = "artifacts chem drift evaluation images molecules registry reports xray".split()
+    code = (
+        f"import sys, importlib; [importlib.import_module('medbatch.ml.' + m) for m in {modules!r}]; "
+        "import medbatch.pipeline.drift; "
+        "print([m for m in ('tensorflow', 'keras', 'sklearn', 'torch') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
