@@ -20,14 +20,7 @@ def job_scored_inputs(
     session: Session, job_id: int, limit: int = DRIFT_SAMPLE_ROWS
 ) -> list[tuple[dict[str, Any], float | None]]:
     """``(validated payload, score)`` of up to ``limit`` scored items of the job, in item order."""
-    stmt = (
-        select(Item.payload, Result.score)
-        .join(Result, Result.item_id == Item.id)
-        .where(Item.job_id == job_id)
-        .order_by(Item.id)
-        .limit(limit)
-    )
-    return [(dict(p or {}), s) for p, s in session.execute(stmt)]
+    return _with_scores(session, job_id, Item.payload, limit)
 
 
 def job_scored_details(
@@ -35,14 +28,20 @@ def job_scored_details(
 ) -> list[tuple[dict[str, Any], float | None]]:
     """``(result detail, score)`` of up to ``limit`` scored items of the job, in item order (an X-ray result's
     detail holds the image's ``input_features``, recorded when it was classified)."""
+    return _with_scores(session, job_id, Result.detail, limit)
+
+
+def _with_scores(session: Session, job_id: int, column: Any, limit: int) -> list[tuple[dict[str, Any], float | None]]:
+    """``(column as a dict, score)`` of up to ``limit`` scored items of the job, in item order."""
     stmt = (
-        select(Result.detail, Result.score)
-        .join(Item, Result.item_id == Item.id)
+        select(column, Result.score)
+        .select_from(Item)
+        .join(Result, Result.item_id == Item.id)
         .where(Item.job_id == job_id)
         .order_by(Item.id)
         .limit(limit)
     )
-    return [(dict(d or {}), s) for d, s in session.execute(stmt)]
+    return [(dict(value or {}), score) for value, score in session.execute(stmt)]
 
 
 def monitoring_latest_drift(session: Session, *, look_back_jobs: int = 50) -> dict[str, dict[str, Any]]:
