@@ -123,6 +123,7 @@ def select_job_results(job_id: int, *cols: Any, chunk: int) -> Any:
     """
     return (
         select(*cols)
+        .select_from(Item)
         .join(Result, Result.item_id == Item.id)
         .outerjoin(Report, Report.item_id == Item.id)
         .where(Item.job_id == job_id)
