@@ -36,7 +36,8 @@ def resume_job(
         batches = repo.unfinished_batches(s, job_id)
         job_level = (job.options or {}).get("mode") == "batch"
     if only is not None:
-        batches = [b for b in batches if b[0] in set(only)]
+        keep = set(only)
+        batches = [b for b in batches if b[0] in keep]
     with session_scope(database_url) as s:
         repo.audit(
             s,
