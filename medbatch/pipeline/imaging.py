@@ -64,36 +64,26 @@ def heatmap_path(results_dir: Path, item_id: int) -> Path:
 def _decode(item: Any, size: int, opts: ImagingOptions) -> _Decoded:
     payload = item.payload
     if "sop" in payload:  # staged from a PACS: retrieved here by WADO-RS (no shared disk needed)
-        return _shrink(_decode_pacs(payload, opts), size)
-    data = images.read_file(Path(payload["path"]), max_bytes=opts.max_bytes)
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != payload["sha256"]:
-        raise images.ImageRejected(
-            "file content changed since it was submitted "
-            f"(sha256 now {actual[:12]}..., at submission {payload['sha256'][:12]}...)"
-        )
+        from medbatch.interop.dicomweb import retrieve_checked
+
+        data, name = retrieve_checked(payload, opts.pacs, max_bytes=opts.max_bytes), "instance.dcm"
+    else:
+        data, name = images.read_file(Path(payload["path"]), max_bytes=opts.max_bytes), Path(payload["path"]).name
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != payload["sha256"]:
+            raise images.ImageRejected(
+                "file content changed since it was submitted "
+                f"(sha256 now {actual[:12]}..., at submission {payload['sha256'][:12]}...)"
+            )
     image = images.decode(
         data,
-        name=Path(payload["path"]).name,
+        name=name,
         max_pixels=opts.max_pixels,
         modalities=opts.modalities,
         max_decoded_bytes=images.decode_budget(opts.child_memory_bytes, opts.decode_threads),
     )
     del data
     return _shrink(image, size)
-
-
-def _decode_pacs(payload: dict, opts: ImagingOptions) -> images.DecodedImage:
-    from medbatch.interop.dicomweb import retrieve_checked
-
-    data = retrieve_checked(payload, opts.pacs, max_bytes=opts.max_bytes)
-    return images.decode(
-        data,
-        name="instance.dcm",
-        max_pixels=opts.max_pixels,
-        modalities=opts.modalities,
-        max_decoded_bytes=images.decode_budget(opts.child_memory_bytes, opts.decode_threads),
-    )
 
 
 def _shrink(image: images.DecodedImage, size: int) -> _Decoded:
