@@ -26,7 +26,7 @@ RESULTS_DIR = Path("results")
 LOG_LEVEL = "INFO"
 #: Port Flower (the Celery dashboard) listens on.
 FLOWER_PORT = 5555
-#: Port the Prometheus metrics exporter listens on.
+#: Port of `medbatch metrics` (Flower uses 5555; 9808 is free in Prometheus' port allocation list).
 METRICS_PORT = 9808
 
 # --- batches, retries, reconciliation -------------------------------------------------------------

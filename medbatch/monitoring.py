@@ -26,13 +26,11 @@ from medbatch.config import error_reason
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.db.tables import BatchStatus, ItemStatus
-from medbatch.defaults import DRIFT_OUT_OF_RANGE_MAX, DRIFT_PSI_MAX
+from medbatch.defaults import DRIFT_OUT_OF_RANGE_MAX, DRIFT_PSI_MAX, METRICS_PORT
 from medbatch.worker.routing import QUEUES, WORKLOADS
 
 log = logging.getLogger(__name__)
 
-#: Port of ``medbatch metrics`` (Flower uses 5555; 9808 is free in Prometheus' port allocation list).
-DEFAULT_PORT = 9808
 #: Item, batch and report counts cover jobs still open or finished within this window (tonight's work),
 #: so a scrape costs the same after a year of history as on the first night.
 RECENT_WINDOW_S = 24 * 3600
@@ -279,7 +277,7 @@ def serve(
     database_url: str,
     broker_url: str,
     *,
-    port: int = DEFAULT_PORT,
+    port: int = METRICS_PORT,
     address: str = "127.0.0.1",
     **options: Any,
 ) -> tuple[Any, threading.Thread]:

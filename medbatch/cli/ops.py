@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from medbatch import defaults
 from medbatch.cli._common import (
     EXIT_UNAVAILABLE,
     app,
@@ -143,7 +144,7 @@ def flower(
 @app.command()
 @with_exit_codes
 def metrics(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9808,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = defaults.METRICS_PORT,
     address: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a container).")] = "127.0.0.1",
     items_every_s: Annotated[
         float, typer.Option(help="Recount items at most this often (one index entry per item of tonight's jobs).")
