@@ -18,6 +18,7 @@ import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from medbatch.config import get_settings, redact_url
 from medbatch.errors import (
@@ -47,7 +48,8 @@ F = TypeVar("F", bound=Callable)
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # The message is plain text: escaped, so "pip install 'medbatch[imaging]'" is not read as markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
