@@ -262,6 +262,7 @@ def train_molecules(
     seed: int = 0,
     eval_samples: int,
     time_budget_s: float | None = None,
+    checkpoint_dir: Path | None = None,
     log: Log = lambda _m: None,
     activate: bool = True,
     force: bool = False,
@@ -276,6 +277,7 @@ def train_molecules(
         config=config,
         eval_samples=eval_samples,
         time_budget_s=time_budget_s,
+        checkpoint_dir=checkpoint_dir,
         log=log,
     )
     path = registry.save_versioned(lambda d: molecules.save_model(trained, d), Path(model_dir), "molecules")

@@ -180,6 +180,13 @@ def train_molecules(
     time_budget_min: Annotated[
         float | None, typer.Option(help="Stop training after this many minutes (recorded; not reproducible).")
     ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Save weights, optimizer and position here every 5 minutes and each epoch; "
+            "running the same command again resumes from there."
+        ),
+    ] = None,
     out_dir: OutDir = None,
     seed: Annotated[int, typer.Option(help="Random seed (subset, weights, evaluation samples).")] = 0,
     activate: Activate = True,
@@ -199,6 +206,7 @@ def train_molecules(
         seed=seed,
         eval_samples=eval_samples,
         time_budget_s=None if time_budget_min is None else time_budget_min * 60,
+        checkpoint_dir=checkpoint_dir,
         log=lambda m: err.print(m, highlight=False),
         activate=activate,
         force=force,
