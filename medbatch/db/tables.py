@@ -21,10 +21,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # BIGINT on PostgreSQL, INTEGER (the rowid alias, so it autoincrements) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+#: A result's ``detail``: ``jsonb`` on PostgreSQL (containment ``@>``, GIN index; migration 0009), JSON text on SQLite.
+DetailJson = JSON().with_variant(JSONB(), "postgresql")
 
 
 def utcnow() -> datetime:
@@ -67,6 +70,20 @@ FINISHED_JOB = (JobStatus.COMPLETED.value, JobStatus.COMPLETED_WITH_ERRORS.value
 
 class Base(DeclarativeBase):
     pass
+
+
+#: Schema objects only PostgreSQL has (declared with ``ddl_if``); autogenerate must not miss them elsewhere.
+POSTGRESQL_ONLY = frozenset({"ix_results_detail"})
+
+
+def include_object_for(dialect: str):  # noqa: ANN201 - returns Alembic's include_object hook
+    """Alembic's ``include_object`` hook for a database of ``dialect``: the PostgreSQL-only objects are left
+    out of the comparison anywhere else (autogenerate, tests/integration/test_migrations.py)."""
+
+    def include_object(obj, name, type_, reflected, compare_to) -> bool:  # noqa: ANN001
+        return dialect == "postgresql" or name not in POSTGRESQL_ONLY
+
+    return include_object
 
 
 class Job(Base):
@@ -133,6 +150,12 @@ class Result(Base):
     """A model output for one item. ``item_id`` is the natural key: a re-delivered batch writes nothing twice."""
 
     __tablename__ = "results"
+    # PostgreSQL only (POSTGRESQL_ONLY): answers ``detail @> '{...}'`` containment queries (docs/schema.md).
+    __table_args__ = (
+        Index(
+            "ix_results_detail", "detail", postgresql_using="gin", postgresql_ops={"detail": "jsonb_path_ops"}
+        ).ddl_if(dialect="postgresql"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), unique=True)
@@ -141,7 +164,7 @@ class Result(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     label: Mapped[str | None] = mapped_column(String(128))
     score: Mapped[float | None] = mapped_column(Float)
-    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    detail: Mapped[dict] = mapped_column(DetailJson, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -183,15 +183,15 @@ def result_detail_keys(session: Session, job_id: int) -> dict[str, Any]:
         ``{"detail": [...], "probabilities": [...], "reports": bool}``, keys sorted.
     """
     if session.get_bind().dialect.name == "postgresql":
-        obj = "CASE WHEN json_typeof({0}) = 'object' THEN {0} ELSE '{{}}'::json END"
+        obj = "CASE WHEN jsonb_typeof({0}) = 'object' THEN {0} ELSE '{{}}'::jsonb END"  # detail is jsonb (0009)
         keys = (
-            "SELECT DISTINCT k FROM results r, json_object_keys(" + obj.format("r.detail") + ") AS k "
+            "SELECT DISTINCT k FROM results r, jsonb_object_keys(" + obj.format("r.detail") + ") AS k "
             "WHERE r.job_id = :job"
         )
         probs = (
-            "SELECT DISTINCT k FROM results r, json_object_keys("
+            "SELECT DISTINCT k FROM results r, jsonb_object_keys("
             + obj.format("r.detail -> 'probabilities'")
-            + ") AS k WHERE r.job_id = :job AND json_typeof(r.detail) = 'object'"
+            + ") AS k WHERE r.job_id = :job AND jsonb_typeof(r.detail) = 'object'"
         )
     else:
         keys = (
