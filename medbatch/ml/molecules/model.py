@@ -63,37 +63,43 @@ class MoleculeGenerator:
     def max_tokens(self) -> int:
         return int(self.meta.get("config", {}).get("max_tokens", MolConfig.max_tokens))
 
+    def _recurrent_layers(self) -> list:
+        """The model's recurrent layers in the order data flows through them: any layer with a ``cell``
+        (LSTM, GRU, ...), found by what it is, not by name, so the sampler serves any recurrent shape."""
+        return [layer for layer in self.keras_model.layers if getattr(layer, "cell", None) is not None]
+
     def _state_shapes(self) -> list[int]:
-        units = []
-        i = 1
-        while True:
-            try:
-                layer = self.keras_model.get_layer(f"lstm_{i}")
-            except ValueError:
-                return units
-            units.append(int(layer.units))
-            i += 1
+        """Units of every state tensor, layer by layer (an LSTM has two, h and c; a GRU one)."""
+        shapes: list[int] = []
+        for layer in self._recurrent_layers():
+            size = layer.cell.state_size
+            shapes += [int(s) for s in size] if isinstance(size, list | tuple) else [int(size)]
+        return shapes
 
     def _compiled_step(self):
-        """One compiled step: (token ids (n,), states [h1, c1, h2, c2, ...]) -> (logits (n, V), new states)."""
+        """One compiled step: (token ids (n,), every state tensor) -> (logits (n, V), new states, same order)."""
         with self._lock:
             if self._step is None:
                 tf = tf_module()
                 m = self.keras_model
                 embed = m.get_layer("embedding")
-                cells = [m.get_layer(f"lstm_{i + 1}").cell for i in range(len(self._state_shapes()))]
+                cells = []
+                for layer in self._recurrent_layers():
+                    size = layer.cell.state_size
+                    cells.append((layer.cell, len(size) if isinstance(size, list | tuple) else 1))
                 dense = m.get_layer("logits")
                 specs = [tf.TensorSpec([None], tf.int32)] + [
-                    tf.TensorSpec([None, u], tf.float32) for u in self._state_shapes() for _ in (0, 1)
+                    tf.TensorSpec([None, u], tf.float32) for u in self._state_shapes()
                 ]
 
                 @tf.function(input_signature=specs)
                 def step(tokens, *states):
                     x = embed(tokens)
-                    new = []
-                    for k, cell in enumerate(cells):
-                        x, (h, c) = cell(x, [states[2 * k], states[2 * k + 1]], training=False)
-                        new += [h, c]
+                    new, i = [], 0
+                    for cell, count in cells:
+                        x, state = cell(x, list(states[i : i + count]), training=False)
+                        new += list(state) if isinstance(state, list | tuple) else [state]
+                        i += count
                     return (dense(x), *new)
 
                 self._step = step
@@ -105,17 +111,31 @@ class MoleculeGenerator:
         Deterministic for a given (weights, n, seed, temperature): the Gumbel noise for every step is
         drawn for all ``n`` rows even when some have already ended.
         """
+        return self.sample_ids_nll(n, seed=seed, temperature=temperature, max_tokens=max_tokens)[0]
+
+    def sample_ids_nll(
+        self, n: int, *, seed: int, temperature: float = 1.0, max_tokens: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`sample_ids` and each sequence's negative log-likelihood in nats (``(n,)`` float64).
+
+        The NLL is the sum over the sequence's tokens, the end token included, of ``-log softmax(logits / T)``
+        of the chosen token: the likelihood of the sample under the distribution it was drawn from (the
+        padding and begin tokens, which are never drawn, are excluded from the softmax). The draws are
+        the same with or without it.
+        """
         if n <= 0:
-            return np.zeros((0, 0), dtype=np.int32)
+            return np.zeros((0, 0), dtype=np.int32), np.zeros(0)
         if not 0 < temperature <= 10:
             raise InvalidInput(f"temperature must be above 0 and at most 10 (got {temperature})")
         step = self._compiled_step()
         limit = max_tokens or self.max_tokens
         rng = np.random.default_rng(seed)
-        states = [np.zeros((n, u), dtype=np.float32) for u in self._state_shapes() for _ in (0, 1)]
+        states = [np.zeros((n, u), dtype=np.float32) for u in self._state_shapes()]
         tokens = np.full(n, 1, dtype=np.int32)
         out = np.zeros((n, limit), dtype=np.int32)
         done = np.zeros(n, dtype=bool)
+        nll = np.zeros(n)
+        rows = np.arange(n)
         for t in range(limit):
             logits, *states = step(tokens, *states)
             logits = np.asarray(logits, dtype=np.float64) / temperature
@@ -123,23 +143,27 @@ class MoleculeGenerator:
             logits[:, 1] = -np.inf
             gumbel = -np.log(-np.log(rng.uniform(1e-12, 1.0, size=logits.shape)))
             nxt = np.argmax(logits + gumbel, axis=1).astype(np.int32)
+            top = logits.max(axis=1)
+            log_z = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+            nll += np.where(done, 0.0, log_z - logits[rows, nxt])
             nxt[done] = 0
             out[:, t] = nxt
             done |= nxt == 2
             tokens = np.where(done, 2, nxt).astype(np.int32)
             if done.all():
-                return out[:, : t + 1]
-        return out
+                return out[:, : t + 1], nll
+        return out, nll
 
     def sample(
         self, n: int, *, seed: int, temperature: float = 1.0, max_tokens: int | None = None
     ) -> list[GeneratedString]:
-        """``n`` generated SMILES strings (not yet checked by RDKit), each with whether it ended properly."""
-        ids = self.sample_ids(n, seed=seed, temperature=temperature, max_tokens=max_tokens)
+        """``n`` generated SMILES strings (not yet checked by RDKit), each with whether it ended properly,
+        its negative log-likelihood (nats, at ``temperature``) and its token count (end token included)."""
+        ids, nll = self.sample_ids_nll(n, seed=seed, temperature=temperature, max_tokens=max_tokens)
         out = []
-        for row in ids:
+        for row, value in zip(ids, nll, strict=True):
             ended = bool((row == 2).any())
-            out.append(GeneratedString(self.vocab.decode(row), ended))
+            out.append(GeneratedString(self.vocab.decode(row), ended, round(float(value), 4), int((row != 0).sum())))
         return out
 
 
@@ -147,3 +171,5 @@ class MoleculeGenerator:
 class GeneratedString:
     smiles: str
     ended: bool  # False: the sequence hit max_tokens before an end token (truncated)
+    nll: float | None = None  # negative log-likelihood of the sampled tokens, nats, at the sampling temperature
+    tokens: int = 0  # tokens drawn, the end token included
