@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import IO, Any
 
 FORMATS = ("csv", "json", "parquet")
-#: Header of an empty export, so a job with nothing to show still gives a well-formed CSV.
+#: Header of an empty export, so a job with nothing to show still gives a well-formed CSV. The names are
+#: the tables' own (``items.source_uri``, ``items.patient_ref``), so an export and a SQL query agree.
 RESULT_COLUMNS = (
-    "source_file",
+    "source_uri",
     "source_row",
-    "patient_id",
+    "patient_ref",
     "item_key",
     "label",
     "score",
@@ -23,7 +24,7 @@ RESULT_COLUMNS = (
     "model_version",
     "created_at",
 )
-ERROR_COLUMNS = ("source_file", "source_row", "patient_id", "stage", "reason", "created_at")
+ERROR_COLUMNS = ("source_uri", "source_row", "patient_ref", "stage", "reason", "created_at")
 #: What a result row of a report job adds (see ``repository.iter_results``).
 REPORT_COLUMNS = ("requires_review", "report_text", "tokens_in", "tokens_out", "cost_usd", "finish_reason")
 _FORMULA_START = ("=", "+", "@", "\t", "\r")

@@ -1,6 +1,7 @@
 """Reviewers' verdicts come back: ``medbatch review import FILE.csv``, all rows or none.
 
-Each CSV row names what was reviewed (``result_id``, or ``item_id``, or ``source`` + ``patient_id``; or
+Each CSV row names what was reviewed (``result_id``, or ``item_id``, or ``source_uri`` + ``patient_ref`` as the
+results export names them, ``source`` + ``patient_id`` also accepted; or
 ``report_id`` for a report draft), the ``verdict`` (``agree``/``disagree`` for a result;
 ``approved``/``edited``/``rejected`` for a draft), an optional ``corrected_label``, the ``reviewer`` and the
 time (``reviewed_at``, ISO 8601). Every row is checked first; if any row is unknown or malformed, the error
@@ -85,8 +86,8 @@ def import_reviews(database_url: str, path: Path) -> dict[str, Any]:
                         s,
                         result_id=_int(row.get("result_id"), "result_id"),
                         item_id=_int(row.get("item_id"), "item_id"),
-                        source=(row.get("source") or "").strip() or None,
-                        patient_id=(row.get("patient_id") or "").strip() or None,
+                        source=(row.get("source_uri") or row.get("source") or "").strip() or None,
+                        patient_id=(row.get("patient_ref") or row.get("patient_id") or "").strip() or None,
                     )
                     kind = "result"
                 if target is None:

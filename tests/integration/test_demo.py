@@ -45,7 +45,7 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     assert sorted(results) == ["molecules", "report", "risk", "treatment", "xray"]
     for workload in ("risk", "treatment"):
         rows = list(csv.DictReader(results[workload].open()))
-        assert 250 <= len(rows) <= 300 and all(r["patient_id"].startswith("SYN-") for r in rows)
+        assert 250 <= len(rows) <= 300 and all(r["patient_ref"].startswith("SYN-") for r in rows)
     reports = list(csv.DictReader(results["report"].open()))
     assert len(reports) == 20 and {r["label"] for r in reports} == {"draft_requires_review"}
     assert all(r["model_name"] == "offline:offline-template" for r in reports)
@@ -56,7 +56,7 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     xrays = list(csv.DictReader(results["xray"].open()))
     assert len(xrays) == 16 and {r["label"] for r in xrays} <= {"normal", "pneumonia"}
     errors = list(csv.DictReader(next((tmp_path / "medbatch-demo").glob("errors-xray-*.csv")).open()))
-    assert [e["source_file"].rsplit("/", 1)[-1] for e in errors] == ["readme.txt"]
+    assert [e["source_uri"].rsplit("/", 1)[-1] for e in errors] == ["readme.txt"]
     # The molecule job: 100 generations from the shipped model, one row each, metrics in the summary
     molecules = list(csv.DictReader(results["molecules"].open()))
     assert len(molecules) == 100 and sum(1 for m in molecules if m["label"]) > 0

@@ -31,10 +31,10 @@ def test_risk_job_end_to_end(db_url, sender, start_worker, tmp_path):
     with session_scope(db_url) as s:
         rows = list(repo.iter_results(s, summary.job_id))
         errors = list(repo.iter_errors(s, summary.job_id))
-    assert [(r["patient_id"], r["source_row"]) for r in rows] == [("A1", 2), ("A3", 5), ("A6", 8)]
+    assert [(r["patient_ref"], r["source_row"]) for r in rows] == [("A1", 2), ("A3", 5), ("A6", 8)]
     assert all(0.0 <= r["score"] <= 1.0 and r["label"] in ("high", "low") for r in rows)
-    assert all(r["source_file"] == str(path.resolve()) for r in rows)
-    assert {e["source_row"]: e["patient_id"] for e in errors} == {3: "A2", 6: "A4", 7: "A5"}
+    assert all(r["source_uri"] == str(path.resolve()) for r in rows)
+    assert {e["source_row"]: e["patient_ref"] for e in errors} == {3: "A2", 6: "A4", 7: "A5"}
     assert "age 'abc' is not a number" in errors[0]["reason"]
 
 

@@ -105,7 +105,7 @@ def test_risk_treatment_and_report_jobs_export_as_valid_identical_fhir(
     assert {t: len(rs) for t, rs in got["report"].items()} == {
         "Device": 1, "DocumentReference": 2, "Task": 2, "Provenance": 4}  # fmt: skip
     with session_scope(db_url) as s:
-        results = {r["patient_id"]: r for r in repo.iter_results(s, risk.job_id)}
+        results = {r["patient_ref"]: r for r in repo.iter_results(s, risk.job_id)}
     for ra in got["risk"]["RiskAssessment"]:
         pid = ra["subject"]["identifier"]["value"]
         assert ra["subject"] == {"type": "Patient", "identifier": {"system": SYSTEM, "value": pid}}

@@ -58,13 +58,13 @@ def test_xray_folder_end_to_end(db_url, sender, start_worker, tmp_path, xray_art
     assert counts["items_done"] == 13 and counts["items_failed"] == 1
     with session_scope(db_url) as s:
         rows = list(repo.iter_results(s, summary.job_id))
-        errors = {Path(e["source_file"]).name: e["reason"] for e in repo.iter_errors(s, summary.job_id)}
+        errors = {Path(e["source_uri"]).name: e["reason"] for e in repo.iter_errors(s, summary.job_id)}
     assert set(errors) == {"brain.dcm", "notes.txt", "empty.jpg", "cut.jpg"}
     assert "modality MR is not a radiograph" in errors["brain.dcm"]
     assert "not a PNG, JPEG or DICOM" in errors["notes.txt"]
     assert "empty" in errors["empty.jpg"] and "truncated" in errors["cut.jpg"]
-    by_name = {Path(r["source_file"]).name: r for r in rows}
-    assert by_name["IM0001"]["patient_id"] == "9RG1" and by_name["IM0001"]["detail"]["modality"] == "CR"
+    by_name = {Path(r["source_uri"]).name: r for r in rows}
+    assert by_name["IM0001"]["patient_ref"] == "9RG1" and by_name["IM0001"]["detail"]["modality"] == "CR"
     # The model separates the synthetic classes, and every positive is explained and flagged for review
     labels = {n: r["label"] for n, r in by_name.items() if n.startswith("SYNTHETIC")}
     right = sum((lab == "pneumonia") == ("pneumonia" in n) for n, lab in labels.items())

@@ -112,7 +112,7 @@ def test_pacs_pull_classify_export_read_back(sqlite_url, pacs, tmp_path, xray_ar
             assert list(sc.ImageType)[:1] == ["DERIVED"] and sc.BurnedInAnnotation == "YES"
             assert "NOT FOR DIAGNOSIS" in sc.ImageComments
             source_uid = sc.SourceImageSequence[0].ReferencedSOPInstanceUID
-            assert source_uid in {r["source_file"].rsplit("/", 1)[-1] for r in positives}
+            assert source_uid in {r["source_uri"].rsplit("/", 1)[-1] for r in positives}
     # When exported again, nothing new is sent and the PACS holds no duplicate
     again = export_job(job_id, pacs.dicomweb, database_url=sqlite_url, access=PacsAccess())
     assert (again.sent, again.already_sent) == (0, first.sent)

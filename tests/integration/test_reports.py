@@ -64,7 +64,7 @@ def test_reports_online_with_429_500_and_refusal_and_no_identifier_leaves(
     assert len(reports) == 2 and counts["items_failed"] == 1
     with session_scope(db_url) as s:
         errors = list(repo.iter_errors(s, summary.job_id))
-    assert "refus" in errors[0]["reason"].lower() and errors[0]["patient_id"] == "MRN-7731003"
+    assert "refus" in errors[0]["reason"].lower() and errors[0]["patient_ref"] == "MRN-7731003"
     for r in reports:
         assert r.provider == "openai" and r.prompt_version and r.requires_review
         assert r.tokens_in > 0 and r.tokens_out > 0 and r.latency_s > 0 and r.finish_reason == "stop"

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.parametrize("db_url", ["sqlit
 def _write(path, rows):
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(
-            fh, ["result_id", "source", "patient_id", "verdict", "corrected_label", "reviewer", "reviewed_at"]
+            fh, ["result_id", "source_uri", "patient_ref", "verdict", "corrected_label", "reviewer", "reviewed_at"]
         )
         writer.writeheader()
         writer.writerows(rows)
@@ -39,7 +39,7 @@ def test_review_import_round_trip_with_a_bad_row(service_env, db_url, start_work
     assert len(high) == 3 and len(low) == 3
     extra_result = result_id_of(db_url, job["job_id"], low[2]["item_key"])
     verdicts = [
-        {"source": r["source_file"], "patient_id": r["patient_id"], "verdict": v, "reviewer": "dr-a",
+        {"source_uri": r["source_uri"], "patient_ref": r["patient_ref"], "verdict": v, "reviewer": "dr-a",
          "reviewed_at": when}
         for r, v in zip(high + low[:2], ["agree", "agree", "disagree", "agree", "disagree"], strict=True)
     ]

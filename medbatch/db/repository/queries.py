@@ -133,7 +133,8 @@ def select_job_results(job_id: int, *cols: Any, chunk: int) -> Any:
 
 
 def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Iterator[dict[str, Any]]:
-    """Every result of a job with its source file, row and patient identifier, in input order.
+    """Every result of a job with its source (``source_uri``, ``source_row``) and patient identifier
+    (``patient_ref``), in input order: the column names of the ``items`` table, as every export uses them.
 
     Report jobs also carry the report itself (text, review flag, provider accounting).
     """
@@ -152,9 +153,9 @@ def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Itera
     )
     for row in session.execute(stmt):
         out = {
-            "source_file": row.source_uri,
+            "source_uri": row.source_uri,
             "source_row": row.source_row,
-            "patient_id": row.patient_ref,
+            "patient_ref": row.patient_ref,
             "item_key": row.item_key,
             "label": row.label,
             "score": row.score,
@@ -264,9 +265,9 @@ def iter_errors(session: Session, job_id: int) -> Iterator[dict[str, Any]]:
     )
     for err in session.scalars(stmt):
         yield {
-            "source_file": err.source_uri,
+            "source_uri": err.source_uri,
             "source_row": err.source_row,
-            "patient_id": err.patient_ref,
+            "patient_ref": err.patient_ref,
             "stage": err.stage,
             "reason": err.reason,
             "created_at": err.created_at.isoformat() if err.created_at else None,

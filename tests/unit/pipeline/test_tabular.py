@@ -57,8 +57,8 @@ def test_export_formats_carry_source_and_patient(db_url, tmp_path):
             sys.stdout = old
         n_parquet = write_rows(repo.iter_results(s, summary.job_id), "parquet", tmp_path / "r.parquet")
     rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
-    assert [r["patient_id"] for r in rows] == ["A1", "A3", "A6"] and n_parquet == 3
-    assert {"source_file", "source_row", "score", "label", "prob_high", "prob_low"} <= set(rows[0])
+    assert [r["patient_ref"] for r in rows] == ["A1", "A3", "A6"] and n_parquet == 3
+    assert {"source_uri", "source_row", "score", "label", "prob_high", "prob_low"} <= set(rows[0])
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "r.parquet").num_rows == 3

@@ -42,7 +42,7 @@ def test_xray_input_roots_refuse_folders_and_symlinks_outside(sqlite_url, tmp_pa
     assert summary.items_staged == 2 and summary.rows_rejected == 1
     with session_scope(sqlite_url) as s:
         (error,) = list(repo.iter_errors(s, summary.job_id))
-    assert error["source_file"].endswith("link.png") and "outside the input roots" in error["reason"]
+    assert error["source_uri"].endswith("link.png") and "outside the input roots" in error["reason"]
 
 
 @sqlite_only
@@ -53,7 +53,7 @@ def test_report_facts_that_are_not_plausible_numbers_are_rejected(db_url, tmp_pa
         database_url=db_url, send=lambda *a: None, provider="offline", llm_model="", path=path, batch_size=5
     )
     with session_scope(db_url) as s:
-        reasons = {e["patient_id"]: e["reason"] for e in repo.iter_errors(s, summary.job_id)}
+        reasons = {e["patient_ref"]: e["reason"] for e in repo.iter_errors(s, summary.job_id)}
     assert summary.items_staged == 1
     assert "age 'abc' is not a number" in reasons["A"] and "bmi 'xx' is not a number" in reasons["A"]
     assert "bmi 400 is outside the plausible range" in reasons["B"]
