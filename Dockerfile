@@ -21,11 +21,14 @@ RUN groupadd --system --gid "${APP_GID}" medbatch \
 WORKDIR /app
 
 # Layer 1, dependencies only: rebuilt when pyproject.toml changes, not on every source edit.
-# The runtime dependency list is read from pyproject.toml with the standard library (tomllib), so it
-# is never duplicated into a requirements file; test/train extras are deliberately not installed.
+# The runtime dependency list (the core and the imaging, molecules and reports extras: one image serves every
+# queue) is read from pyproject.toml with the standard library (tomllib), so it is never duplicated into a
+# requirements file; test/train extras are deliberately not installed.
 # README* is a glob so the build does not fail while the readme is missing (pyproject names it).
 COPY pyproject.toml README* ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extra = p['optional-dependencies']; \
+print('\n'.join(p['dependencies'] + extra['imaging'] + extra['molecules'] + extra['reports']))" \
         > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
@@ -46,7 +49,7 @@ RUN if [ "$TENSORFLOW_GPU" = "1" ]; then \
     fi
 
 # Layer 2, the package itself: setuptools needs the package directory to build. --no-deps because
-# layer 1 already installed them. The shipped models (medbatch/models/*), samples and Alembic
+# layer 1 already installed them. The shipped models (medbatch/models/*) and Alembic
 # migrations are package data (see [tool.setuptools.package-data]) and are installed with it.
 COPY medbatch ./medbatch
 RUN pip install --no-deps . \

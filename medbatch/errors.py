@@ -111,3 +111,8 @@ class FhirServerUnavailable(RetryableError):
 
 class FhirServerRefused(PermanentError):
     """A FHIR server answered and refused a transaction; the message carries its status and reason."""
+
+
+class MissingExtra(InvalidInput):
+    """A workload or command needs an optional dependency (a pip extra) that is not installed; the message names
+    the extra to install (``medbatch/extras.py``). Refused before anything is staged or consumed."""

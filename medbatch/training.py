@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medbatch.errors import InvalidInput
+from medbatch.extras import require
 
 Log = Callable[[str], object]
 
@@ -231,6 +232,7 @@ def train_xray(
 ) -> Registered:
     """Train the X-ray CNN on ``data_dir`` and register it as an ``xray`` model (the artifact named ``stem``;
     the training source is the data folder unless ``training_source`` says otherwise)."""
+    require("imaging", "`medbatch train xray`")
     from medbatch.ml import registry, xray
 
     options: dict[str, Any] = {"config": config, "seed": seed, "threshold": threshold}
@@ -268,6 +270,7 @@ def train_molecules(
     force: bool = False,
 ) -> Registered:
     """Train the SMILES CharRNN on (a seeded subset of) the MOSES training set, measure it and register it."""
+    require("molecules", "`medbatch train molecules`")
     from medbatch.ml import molecules, registry
 
     trained = molecules.train_on_moses(

@@ -27,6 +27,7 @@ from medbatch.config import error_reason
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.errors import InvalidInput, PacsRefused, PacsUnavailable
+from medbatch.extras import require
 from medbatch.interop import dicom_objects as objects
 from medbatch.interop.dicomweb import DicomWeb, PacsAccess, check_url
 
@@ -234,7 +235,9 @@ def export_job(
     Raises:
         NotFound / InvalidInput: no such job, or not an X-ray job, or a bad destination.
         PacsUnavailable: the destination (or the source PACS) went away; the tries so far are recorded.
+        MissingExtra: the ``imaging`` extra is not installed.
     """
+    require("imaging", "`medbatch export dicom`")
     destination = normalise_destination(destination)
     with session_scope(database_url) as s:
         job = repo.get_job(s, job_id)

@@ -32,6 +32,7 @@ from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.db.tables import utcnow
 from medbatch.errors import BrokerUnavailable, InvalidInput
+from medbatch.extras import require
 
 log = logging.getLogger("medbatch.interop.listener")
 
@@ -97,6 +98,7 @@ class DicomListener:
     # ------------------------------------------------------------------ the SCP
 
     def _ae(self):
+        require("imaging", "the DICOM listener")
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from medbatch import defaults
 from medbatch.errors import InvalidInput
+from medbatch.extras import require_workload
 from medbatch.producer.records import RecordChunk
 from medbatch.producer.send import Send
 from medbatch.producer.staging import Progress, SubmitSummary, ensure_model, stage_job
@@ -139,8 +140,10 @@ def submit_molecules(
 
     Raises:
         InvalidInput: count, seed, temperature or batch size out of range; no model.
+        MissingExtra: the ``molecules`` extra is not installed.
         BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
     """
+    require_workload("molecules")
     validate_request(count, seed, temperature, batch_size)
     model = model or ensure_model(database_url, "molecules")
     return stage_job(

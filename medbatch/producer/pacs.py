@@ -123,9 +123,12 @@ def submit_pacs(
     Raises:
         InvalidInput: a bad URL or date, or the search found no study.
         PacsUnavailable: the PACS could not be searched (nothing was staged).
+        MissingExtra: the ``imaging`` extra is not installed.
     """
+    from medbatch.extras import require_workload
     from medbatch.producer.staging import ensure_model, stage_job
 
+    require_workload("xray")
     url = check_url(url)
     study_date = check_study_date(study_date)
     web = DicomWeb(url, access)

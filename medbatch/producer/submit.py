@@ -13,6 +13,7 @@ from pathlib import Path
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.errors import InvalidInput
+from medbatch.extras import require_workload
 from medbatch.producer.paths import check_input_path
 from medbatch.producer.records import iter_record_chunks, read_header
 from medbatch.producer.send import Send
@@ -89,8 +90,10 @@ def submit_images(
 
     Raises:
         InvalidInput: ``root`` is missing or holds no matching file, or no X-ray model is registered.
+        MissingExtra: the ``imaging`` extra is not installed.
         BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
     """
+    require_workload("xray")
     from medbatch.ml import images
     from medbatch.producer.images import ImageScan, iter_image_chunks, list_images
 
@@ -159,7 +162,9 @@ def submit_reports(
     Raises:
         InvalidInput: no usable source (a CSV outside ``input_roots`` included), an unknown mode, or the
             Batch API asked of the offline provider.
+        MissingExtra: the openai provider without the ``reports`` extra.
     """
+    require_workload("report", provider)
     from medbatch.ml.reports import PROMPT_VERSION
     from medbatch.producer.reports import iter_fact_chunks, iter_job_fact_chunks
 

