@@ -10,7 +10,9 @@
   same bytes, loaded with Keras ``safe_mode=True`` (no code runs from an artifact).
 
 TensorFlow and Keras are imported inside functions only: importing this module costs nothing, and a
-Celery parent process never loads TensorFlow before it forks its children.
+Celery parent process never loads TensorFlow before it forks its children. TensorFlow's own log lines
+(oneDNN, cpu_feature_guard, absl, grappler ``E0000 ... NodeDef`` errors) are quiet unless asked for: see
+:func:`tensorflow_verbosity`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import re
+import sys
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,16 @@ META_ENTRY = "meta.json"
 
 _tf_lock = threading.Lock()
 _tf_ready = False
+
+#: TensorFlow's C++ log level when nobody chose one: 3 hides INFO, WARNING and ERROR lines (the grappler
+#: ``E0000 ... NodeDef mentions attribute use_unbounded_threadpool`` is an ERROR line; real failures raise).
+QUIET_TF_CPP_MIN_LOG_LEVEL = "3"
+#: Lines TensorFlow writes to fd 2 while it loads, before its log level applies; dropped when that level is >= 1.
+TF_LOAD_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I0000 .*\] .*"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)\s*$"
+)
 
 
 # --------------------------------------------------------------------------- hashes and versions
@@ -106,12 +122,60 @@ def json_bytes(obj: Any) -> bytes:
 # --------------------------------------------------------------------------- TensorFlow and Keras
 
 
-def tf_module():
-    """Import TensorFlow once per process, with GPU memory growth on (so one process per GPU can share it).
+def tensorflow_verbosity(verbose: bool) -> None:
+    """Choose how much TensorFlow says, before it loads (``medbatch --verbose``, ``MEDBATCH_LOG_LEVEL=DEBUG``):
+    everything (``TF_CPP_MIN_LOG_LEVEL=0``) or only what it raises (``3``, the default).
 
-    Memory growth must be set before the first GPU operation; this is the only place TensorFlow is imported.
+    Set through the environment, so the worker processes a command starts inherit the choice; a
+    ``TF_CPP_MIN_LOG_LEVEL`` the user set already wins.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else QUIET_TF_CPP_MIN_LOG_LEVEL)
+
+
+@contextmanager
+def _native_stderr_filtered(drop: re.Pattern) -> Iterator[None]:
+    """Hold back what native code writes to fd 2 meanwhile, then write it back less the lines ``drop`` matches
+    (whatever else arrived, another thread's log line or a real error, is kept)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            held.seek(0)
+            lines = held.read().splitlines(keepends=True)
+            kept = [line for line in lines if not drop.match(line.decode("utf-8", "replace"))]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+def tf_module():
+    """Import TensorFlow once per process, with GPU memory growth on (so one process per GPU can share it),
+    as quiet as :func:`tensorflow_verbosity` chose (quiet when nobody chose).
+
+    The log level must be in the environment before TensorFlow loads, and memory growth set before the first
+    GPU operation; this is the only place TensorFlow is imported.
     """
     global _tf_ready
+    if "tensorflow" not in sys.modules:
+        level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_TF_CPP_MIN_LOG_LEVEL)
+        quiet = level.strip() not in ("", "0")
+        with _native_stderr_filtered(TF_LOAD_NOISE) if quiet else nullcontext():
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401 - loads the native libraries, which print while they load
+        if quiet:  # the Python side: TensorFlow's and absl's loggers say errors only
+            for name in ("tensorflow", "absl"):
+                logging.getLogger(name).setLevel(logging.ERROR)
     import tensorflow as tf
 
     with _tf_lock:

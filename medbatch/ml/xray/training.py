@@ -181,6 +181,7 @@ def train_xray(
         validation_data=val_ds,
         epochs=config.epochs,
         class_weight=class_weight,
+        shuffle=False,  # train_ds shuffles itself; Keras's default True only warns that it ignores it
         verbose=0,
         callbacks=[
             keras.callbacks.EarlyStopping(
