@@ -11,6 +11,7 @@ from rich.table import Table
 from medbatch import molecule_metrics
 from medbatch.config import get_settings, redact_url
 from medbatch.errors import MedbatchError
+from medbatch.exit_codes import ExitCode, job_exit_code, worst
 from medbatch.progress import job_progress
 
 
@@ -74,11 +75,12 @@ def _molecules_demo(settings, workdir: Path, send, env: dict, started: list, app
 
 
 def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int = 200) -> int:
-    """Run the demo; returns the process exit code (0 when every job finished)."""
+    """Run the demo; returns the process exit code of :mod:`medbatch.exit_codes`: 0 when every job finished and
+    every staged item succeeded (its rejected rows and stray file are deliberate, so never 5), 6 when items
+    failed, 7 when a job did not finish in time, 1 when a job failed or the demo itself did."""
     from medbatch.db import repository as repo
     from medbatch.db.migrate import upgrade
     from medbatch.db.session import session_scope
-    from medbatch.db.tables import FINISHED_JOB
     from medbatch.export import ERROR_COLUMNS, RESULT_COLUMNS, result_columns, write_rows
     from medbatch.jobs import wait_for_job
     from medbatch.producer.send import celery_sender
@@ -159,7 +161,6 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
             title="medbatch demo (synthetic patients)",
         )
         files = []
-        code = 0
         for s, c in zip(jobs, finals, strict=True):
             result_file = workdir / f"results-{s.workload}-job{s.job_id}.csv"
             error_file = workdir / f"errors-{s.workload}-job{s.job_id}.csv"
@@ -195,10 +196,14 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
             if s.workload == "molecules":
                 with session_scope(settings.database_url) as sess:
                     files.append("    " + molecule_metrics.one_line(repo.get_job(sess, s.job_id).metrics))
-            if c["status"] not in FINISHED_JOB:
-                code = 1
         console.print(table)
         console.print("\n".join(["labels and files:", *files]))
+        code = worst(job_exit_code(c, count_rejected=False) for c in finals)
+        if code != ExitCode.OK:
+            console.print(
+                f"[bold red]the demo did not end cleanly (exit {int(code)}):[/] see the failed column and the "
+                "errors files above"
+            )
         console.print(
             "query them yourself: [bold]medbatch status[/], [bold]medbatch results JOB[/], or SQL, e.g.\n"
             '  sqlite3 medbatch.db "select label, count(*) from results group by label"'
@@ -206,7 +211,7 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
         return code
     except MedbatchError as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")
-        return 1
+        return ExitCode.FAILED
     finally:
         for thing in reversed(started):
             thing.stop()

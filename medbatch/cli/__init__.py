@@ -11,12 +11,46 @@ from __future__ import annotations
 
 import sys
 from importlib import import_module
+from typing import Annotated
 
-from medbatch.cli._common import app, err
+import typer
+
+from medbatch.cli._common import app, err, out, with_exit_codes
 from medbatch.errors import MedbatchError
 
 #: The command-group modules of this package, imported (and so registered) in this order.
 GROUPS = ("submit", "jobs", "night", "train", "ops", "export", "dicom", "review")
+
+def _version(value: bool) -> None:
+    if value:
+        from medbatch import __version__
+
+        out.print(f"medbatch {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+@with_exit_codes
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show TensorFlow's own log lines too (also MEDBATCH_LOG_LEVEL=DEBUG); a TF_CPP_MIN_LOG_LEVEL "
+            "you set wins.",
+        ),
+    ] = False,
+) -> None:
+    """medbatch: overnight AI batch processing for hospital data."""
+    from medbatch.config import get_settings
+    from medbatch.ml.artifacts import tensorflow_verbosity
+
+    tensorflow_verbosity(verbose or get_settings().log_level.upper() == "DEBUG")
+
 
 for _group in GROUPS:
     import_module(f"{__name__}.{_group}")

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from medbatch.cli._common import EXIT_FAILED, app, err, out, ready_db, with_exit_codes
+from medbatch.cli._common import ExitCode, app, err, out, ready_db, with_exit_codes
 from medbatch.config import get_settings, redact_url
 from medbatch.errors import InvalidInput
 from medbatch.producer.identity import whoami
@@ -68,7 +68,7 @@ def fhir(
         err.print(f"{stats['without_study']} X-ray results have no Study Instance UID (not DICOM): no ImagingStudy")
     if stats["invalid"]:
         err.print(f"[bold red]error:[/] {stats['invalid']} results failed validation: see OperationOutcome.ndjson")
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.FAILED)
     if to is not None:
         from medbatch.interop.fhir.push import send
 
@@ -116,4 +116,4 @@ def dicom(
         for reason in summary.reasons:
             err.print(f"  [yellow]{reason}[/]", highlight=False)
     if summary.failed:
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.FAILED)

@@ -12,6 +12,7 @@ from rich.table import Table
 from medbatch.cli._common import (
     AsJson,
     app,
+    database_label,
     err,
     out,
     ready_db,
@@ -20,6 +21,7 @@ from medbatch.cli._common import (
 )
 from medbatch.config import get_settings
 from medbatch.errors import InvalidInput
+from medbatch.exit_codes import ExitCode, job_exit_code
 from medbatch.jobs import job_status, wait_for_job
 from medbatch.producer.identity import whoami
 from medbatch.progress import job_progress
@@ -31,8 +33,10 @@ def follow(url: str, job_id: int, *, quiet: bool = False) -> dict:
         return wait_for_job(url, job_id, on_progress=on_progress, measure_missing=True)
 
 
-def _print_status(c: dict) -> None:
-    table = Table(title=f"job {c['job_id']} · {c['workload']} · {c['status']}", show_header=False)
+def _print_status(c: dict, url: str) -> None:
+    table = Table(
+        title=f"job {c['job_id']} · {c['workload']} · {c['status']}", caption=database_label(url), show_header=False
+    )
     table.add_row("source", c["source"])
     table.add_row("model", f"{c['model']['name']} {c['model']['version']}")
     table.add_row("progress", f"{c['progress']:.1%}")
@@ -111,7 +115,8 @@ def status(
     as_json: AsJson = False,
     watch: Annotated[bool, typer.Option("--watch", help="Follow until the job finishes.")] = False,
 ) -> None:
-    """Counts by state, progress and errors of a job (or the recent jobs)."""
+    """Counts by state, progress and errors of a job (or the recent jobs). Exits 0; with --watch, with the
+    job's outcome (0 done, 5 rows rejected, 6 items failed, 1 failed)."""
     url = ready_db()
     if job_id is None:
         from medbatch.db import repository as repo
@@ -122,7 +127,9 @@ def status(
         if as_json:
             out.print_json(json.dumps(jobs))
             return
-        table = Table("job", "workload", "status", "items", "done", "failed", "rejected", "created")
+        table = Table(
+            "job", "workload", "status", "items", "done", "failed", "rejected", "created", caption=database_label(url)
+        )
         for c in jobs:
             table.add_row(
                 str(c["job_id"]),
@@ -140,7 +147,9 @@ def status(
     if as_json:
         out.print_json(json.dumps(counts))
     else:
-        _print_status(counts)
+        _print_status(counts, url)
+    if watch:  # the job's outcome, as `submit --wait` ends with it
+        raise typer.Exit(job_exit_code(counts))
 
 
 @app.command()
@@ -153,7 +162,8 @@ def results(
     ] = None,
     errors: Annotated[bool, typer.Option("--errors", help="Export the recorded errors instead of results.")] = False,
 ) -> None:
-    """Export a job's results (or errors), each row naming its source file, row and patient id."""
+    """Export a job's results (or errors), each row naming its source file, row and patient id. A job that has
+    not finished exports what it has so far, says so on stderr and exits 7."""
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
     from medbatch.export import ERROR_COLUMNS, FORMATS, RESULT_COLUMNS, result_columns, write_rows
@@ -164,13 +174,15 @@ def results(
         raise InvalidInput("parquet is binary: give --output FILE")
     url = ready_db()
     with session_scope(url) as s:
-        repo.get_job(s, job_id)
+        counts = repo.job_counts(s, job_id)  # NotFound for no such job
         rows = repo.iter_errors(s, job_id) if errors else repo.iter_results(s, job_id)
         columns = () if errors else result_columns(repo.result_detail_keys(s, job_id))
         try:
             n = write_rows(
                 rows, fmt, output, columns=columns, empty_columns=ERROR_COLUMNS if errors else RESULT_COLUMNS
             )
+        except BrokenPipeError:
+            raise  # `| head` had enough: with_exit_codes ends quietly
         except OSError as exc:
             raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
     with session_scope(url) as s:
@@ -188,6 +200,14 @@ def results(
         )
     if output:
         err.print(f"{n} {'errors' if errors else 'results'} written to {output}")
+    if job_exit_code(counts) == ExitCode.UNFINISHED:
+        done = counts["items_done"] + counts["items_failed"]
+        err.print(
+            f"job {job_id} has not finished ({counts['status']}, {done} of {counts['items_total']} items so far): "
+            f"these {'errors' if errors else 'results'} are partial; `medbatch status {job_id} --watch` waits for it",
+            highlight=False,
+        )
+        raise typer.Exit(ExitCode.UNFINISHED)
 
 
 @app.command()

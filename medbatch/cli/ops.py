@@ -11,16 +11,18 @@ import typer
 
 from medbatch import defaults
 from medbatch.cli._common import (
-    EXIT_UNAVAILABLE,
+    ExitCode,
     app,
+    database_label,
     err,
     fail,
     out,
     ready_db,
     with_exit_codes,
 )
-from medbatch.config import get_settings, redact_url
+from medbatch.config import get_settings
 from medbatch.errors import InvalidInput
+from medbatch.worker.routing import QUEUES
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 worker_app = typer.Typer(help="Run a Celery worker (default) or check one.", invoke_without_command=True)
@@ -48,14 +50,19 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
     url = get_settings().database_url
     upgrade(url, revision)
-    err.print(f"database {redact_url(url)} at revision {current_revision(url)}")
+    err.print(f"database {database_label(url)} at revision {current_revision(url)}", highlight=False)
 
 
 @worker_app.callback()
 @with_exit_codes
 def worker(
     ctx: typer.Context,
-    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues.")] = "tabular",
+    queues: Annotated[
+        str,
+        typer.Option(
+            "--queues", "-Q", help=f"Comma-separated queues ({', '.join(QUEUES)}), or all (a development worker)."
+        ),
+    ] = "tabular",
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Processes or threads.")] = None,
     pool: Annotated[str, typer.Option("--pool", "-P", help="prefork, solo or threads.")] = "prefork",
     loglevel: Annotated[str | None, typer.Option(help="Log level [MEDBATCH_LOG_LEVEL].")] = None,
@@ -67,6 +74,12 @@ def worker(
         return
     from medbatch.worker.app import app as celery_app
 
+    named = [q.strip() for q in queues.split(",") if q.strip()]
+    if named == ["all"]:
+        named, queues = list(QUEUES), ",".join(QUEUES)
+    unknown = sorted(set(named) - set(QUEUES))
+    if unknown or not named:
+        raise InvalidInput(f"unknown queue(s) {', '.join(unknown) or repr(queues)}; choose {', '.join(QUEUES)} or all")
     settings = get_settings()
     ready_db()
     argv = [
@@ -79,7 +92,7 @@ def worker(
         loglevel or settings.log_level,
         "-E",
         "-n",
-        hostname or f"{queues.replace(',', '+')}@%h",
+        hostname or ("all@%h" if set(named) == set(QUEUES) else f"{queues.replace(',', '+')}@%h"),
     ]
     if concurrency is None and pool == "prefork" and {"imaging", "molecules"} & set(queues.split(",")):
         # TensorFlow uses every core of its process already: one child on CPU (run one worker per GPU).
@@ -111,7 +124,7 @@ def worker_check(
         stall_s=stall_s if stall_s is not None else settings.worker_stall_s,
     )
     (out if health.healthy else err).print(health.reason, highlight=False)
-    raise typer.Exit(0 if health.healthy else 1)
+    raise typer.Exit(ExitCode.OK if health.healthy else ExitCode.FAILED)
 
 
 @app.command()
@@ -153,15 +166,17 @@ def metrics(
     """Serve job-level Prometheus metrics on /metrics: items, batches, queue depth, age of the oldest, stalls."""
     import threading
 
+    from medbatch.db.session import require_existing
     from medbatch.monitoring import serve
 
     settings = get_settings()
+    require_existing(settings.database_url)
     try:
         server, _thread = serve(
             settings.database_url, settings.broker_url, port=port, address=address, item_counts_every_s=items_every_s
         )
     except OSError as exc:
-        raise fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}", EXIT_UNAVAILABLE) from None
+        raise fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}", ExitCode.UNAVAILABLE) from None
     err.print(f"serving medbatch metrics on http://{address}:{port}/metrics", highlight=False)
     try:
         threading.Event().wait()

@@ -23,6 +23,7 @@ from medbatch.cli._common import (
 )
 from medbatch.cli.jobs import follow
 from medbatch.config import get_settings
+from medbatch.exit_codes import job_exit_code
 
 submit_app = typer.Typer(help="Stage inputs as a job and queue its batches.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
@@ -94,7 +95,7 @@ def _after_submit(summary, url: str, as_json: bool, wait: bool) -> None:
                 f"job {final['job_id']} {final['status']}: {final['items_done']} done, {final['items_failed']} failed, "
                 f"{final['rows_rejected']} rows rejected (see `medbatch results {final['job_id']} --errors`)"
             )
-        raise typer.Exit(1 if final["status"] == "failed" else 0)
+        raise typer.Exit(job_exit_code(final))
 
 
 @submit_app.command("risk")

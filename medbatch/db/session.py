@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from medbatch.errors import DatabaseUnavailable
@@ -44,6 +45,35 @@ def get_engine(url: str) -> Engine:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
         _engines[key] = engine
     return engine
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names, made absolute (None for another database, in-memory or a ``file:`` URI)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a URL at all: connecting says so
+        return None
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.database.startswith("file:") or parsed.query.get("uri"):
+        return None
+    return Path(parsed.database).expanduser().resolve()
+
+
+def require_existing(url: str) -> None:
+    """Refuse a SQLite database file that does not exist yet, instead of creating an empty one on connect
+    (a command run in another folder would silently start a new ``./medbatch.db``). Creating one is
+    ``medbatch db upgrade``'s job (and the demo's); other databases are not checked here.
+
+    Raises:
+        DatabaseUnavailable: the SQLite file does not exist (the message says how to create it or where to point).
+    """
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise DatabaseUnavailable(
+            f"no database at {path}: run `medbatch db upgrade` to create it there, or set "
+            "MEDBATCH_DATABASE_URL to the database you mean"
+        )
 
 
 def dispose_engines() -> None:

@@ -17,11 +17,12 @@ def test_submit_wait_status_results(service_env, start_worker, tmp_path):
     start_worker("tabular")
     path = write_patients(tmp_path / "p.csv", "treatment", 300, seed=11, bad_fraction=0.1)
     run = medbatch(service_env, "submit", "treatment", str(path), "--json", "--wait", "--batch-size", "64")
-    assert run.returncode == 0, run.stderr
+    # Done, every staged item scored, but rows were rejected at staging: exit 5, not 0
+    assert run.returncode == 5, run.stderr
     summary = json.loads(run.stdout)
     job = summary["job_id"]
-    assert summary["items_staged"] + summary["rows_rejected"] == 300
-    assert summary["final"]["status"] in ("completed", "completed_with_errors")
+    assert summary["items_staged"] + summary["rows_rejected"] == 300 and summary["rows_rejected"] > 0
+    assert summary["final"]["status"] == "completed_with_errors" and summary["final"]["items_failed"] == 0
     status = json.loads(medbatch(service_env, "status", str(job), "--json").stdout)
     assert status["items_done"] == summary["items_staged"]
     out = tmp_path / "r.csv"
@@ -158,7 +159,10 @@ def test_xray_from_nothing_to_results_on_the_command_line(service_env, start_wor
     assert run.returncode == 0, run.stderr
     trained = json.loads(run.stdout)
     assert trained["held_out_test"]["n"] > 0 and "epoch 1" in run.stderr
-    start_worker("imaging")
+    # TensorFlow's own lines (oneDNN, cpu_feature_guard, grappler E0000, Keras's shuffle warning) stay quiet
+    for noise in ("oneDNN", "I0000", "E0000", "absl::InitializeLog", "shuffle=True"):
+        assert noise not in run.stderr, noise
+    worker = start_worker("imaging")
     run = medbatch(service_env, "submit", "xray", str(night), "--json", "--wait")
     # Then every image has a result from that model version
     assert run.returncode == 0, run.stderr
@@ -166,6 +170,7 @@ def test_xray_from_nothing_to_results_on_the_command_line(service_env, start_wor
     assert summary["model"]["version"] == trained["version"] and summary["final"]["items_done"] == 6
     rows = medbatch(service_env, "results", str(summary["job_id"]), "--format", "json").stdout.splitlines()
     assert len(rows) == 6 and {json.loads(r)["label"] for r in rows} <= {"normal", "pneumonia"}
+    assert "oneDNN" not in worker.log_path.read_text() and "E0000" not in worker.log_path.read_text()
 
 
 def test_train_molecules_registers_and_audits_a_tiny_model(service_env, tmp_path):
@@ -225,3 +230,85 @@ def test_beat_keeps_its_schedule_in_its_own_deployment(service_env, tmp_path):
     finally:
         beat.terminate()
         beat.wait(timeout=30)
+
+
+def test_failed_items_exit_6_for_submit_wait_and_status_watch(service_env, start_worker, llm, tmp_path):
+    from tests.helpers import REPORT_FACTS_CSV
+
+    # Given a reports worker and a provider that refuses one of three patients
+    env = {
+        **service_env,
+        "MEDBATCH_LLM_PROVIDER": "openai",
+        "MEDBATCH_OPENAI_API_KEY": "sk-test-not-a-secret",
+        "MEDBATCH_OPENAI_BASE_URL": llm.base_url,
+        "MEDBATCH_LLM_MAX_ATTEMPTS": "1",
+    }
+    start_worker("reports", pool="threads", concurrency=1, env=env)
+    llm.script("ok", "refusal", "ok")
+    facts = tmp_path / "facts.csv"
+    facts.write_text(REPORT_FACTS_CSV)
+    # When the job is submitted and waited for
+    run = medbatch(env, "submit", "report", str(facts), "--json", "--wait")
+    # Then it is done with a failed item: exit 6 (it was 0), and status --watch of the job says the same
+    assert run.returncode == 6, run.stderr
+    final = json.loads(run.stdout)["final"]
+    assert (final["items_done"], final["items_failed"]) == (2, 1)
+    watch = medbatch(env, "status", str(final["job_id"]), "--watch", "--json")
+    assert watch.returncode == 6, watch.stderr
+    assert medbatch(env, "status", str(final["job_id"])).returncode == 0
+
+
+def test_results_of_an_unfinished_job_exit_7_and_a_closed_pipe_ends_quietly(service_env, tmp_path):
+    import subprocess
+    import sys
+
+    # Given a job staged with no worker running: unfinished, with many rejected rows already recorded
+    rows = ["patient_id,age,bmi,exercise_frequency,smoking_history"]
+    rows += [f"P{i},{'abc' if i % 2 else 50},27.5,2,0" for i in range(3000)]
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    job = json.loads(medbatch(service_env, "submit", "risk", str(tmp_path / "p.csv"), "--json").stdout)["job_id"]
+    # When its results are asked for, they are what there is, and the command says the job is unfinished
+    run = medbatch(service_env, "results", str(job))
+    assert run.returncode == 7, run.stderr
+    assert f"job {job} has not finished" in run.stderr and "partial" in run.stderr
+    # And when the reader of standard output goes away after one line (`| head -1`)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medbatch", "results", str(job), "--errors", "--format", "json"],
+        env={**os.environ, **service_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert json.loads(proc.stdout.readline())["reason"]
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    # Then it ends quietly with 128 + SIGPIPE, as Unix tools do: no "cannot write None: Broken pipe", no exit 2
+    assert (proc.wait(timeout=60), stderr) == (141, "")
+
+
+def test_a_missing_sqlite_database_is_refused_not_created_and_named_once_it_exists(service_env, tmp_path):
+    env = {**service_env, "MEDBATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'elsewhere' / 'medbatch.db'}"}
+    (tmp_path / "elsewhere").mkdir()
+    for args in (["status"], ["models"], ["worker", "-Q", "tabular"]):
+        run = medbatch(env, *args)
+        assert run.returncode == 3 and "run `medbatch db upgrade`" in run.stderr, (args, run.stderr)
+        assert not (tmp_path / "elsewhere" / "medbatch.db").exists(), args
+    assert medbatch(env, "db", "upgrade").returncode == 0
+    run = medbatch(env, "status")
+    assert run.returncode == 0 and str(tmp_path / "elsewhere" / "medbatch.db") in run.stdout
+
+
+def test_python_dash_m_medbatch_version_and_worker_queues(service_env, celery_app, start_worker):
+    import subprocess
+    import sys
+
+    from medbatch import __version__
+    from medbatch.worker.routing import QUEUES
+
+    run = subprocess.run([sys.executable, "-m", "medbatch", "--version"], capture_output=True, text=True)
+    assert (run.returncode, run.stdout.strip()) == (0, f"medbatch {__version__}")
+    bad = medbatch(service_env, "worker", "-Q", "tabular,imagin")
+    assert bad.returncode == 2 and "imagin" in bad.stderr
+    # A development worker on every queue
+    worker = start_worker("all")
+    queues = celery_app.control.inspect(destination=[worker.name], timeout=5).active_queues()
+    assert sorted(q["name"] for q in queues[worker.name]) == sorted(QUEUES)

@@ -121,3 +121,82 @@ def test_a_percent_encoded_broker_password_is_accepted(monkeypatch):
 
     monkeypatch.setenv("MEDBATCH_BROKER_URL", "redis://:s3cr%23et%2F%3F@127.0.0.1:6379/0")
     assert Settings().broker_url.endswith("@127.0.0.1:6379/0")
+
+
+# --------------------------------------------------------------------------- the one table of outcomes
+
+
+def _counts(status: str, *, failed: int = 0, rejected: int = 0) -> dict:
+    return {"status": status, "items_done": 10, "items_failed": failed, "rows_rejected": rejected}
+
+
+@pytest.mark.parametrize(
+    ("counts", "code"),
+    [
+        (_counts("completed"), 0),
+        (_counts("completed_with_errors", rejected=3), 5),
+        (_counts("completed_with_errors", failed=1, rejected=3), 6),
+        (_counts("completed_with_errors", failed=1), 6),
+        (_counts("failed"), 1),
+        (_counts("running"), 7),
+        (_counts("queued"), 7),
+    ],
+)
+def test_a_jobs_outcome_has_one_exit_code(counts, code):
+    from medbatch.exit_codes import job_exit_code
+
+    assert job_exit_code(counts) == code
+
+
+def test_the_demo_does_not_count_its_deliberate_rejections_and_several_jobs_end_with_the_worst():
+    from medbatch.exit_codes import ExitCode, job_exit_code, worst
+
+    assert job_exit_code(_counts("completed_with_errors", rejected=3), count_rejected=False) == 0
+    assert worst([0, 5, 6, 0]) == ExitCode.ITEMS_FAILED
+    assert worst([6, 1, 7]) == ExitCode.FAILED and worst([]) == ExitCode.OK
+
+
+def test_exit_codes_do_not_collide_and_help_and_readme_list_each_one():
+    from medbatch.cli._common import EXIT_CODES_EPILOG
+    from medbatch.exit_codes import SEVERITY, ExitCode
+    from tests.helpers import ROOT
+
+    assert len({int(c) for c in ExitCode}) == len(ExitCode)
+    assert set(SEVERITY) == set(ExitCode) - {ExitCode.BROKEN_PIPE}
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("#### Exit codes") :].split("\n#", 1)[0]
+    for code in ExitCode:
+        assert f" {int(code)} " in EXIT_CODES_EPILOG + " ", code
+        assert f"| {int(code)} |" in table, code
+
+
+def test_a_closed_standard_output_ends_quietly_with_141(capsys):
+    @with_exit_codes
+    def command():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(typer.Exit) as caught:
+        command()
+    assert caught.value.exit_code == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_version_prints_the_package_version():
+    from typer.testing import CliRunner
+
+    from medbatch import __version__
+
+    run = CliRunner().invoke(app, ["--version"])
+    assert (run.exit_code, run.output.strip()) == (0, f"medbatch {__version__}")
+
+
+def test_a_sqlite_file_that_does_not_exist_is_refused_not_created(tmp_path):
+    from medbatch.db.session import require_existing, sqlite_file
+
+    url = f"sqlite:///{tmp_path / 'medbatch.db'}"
+    with pytest.raises(DatabaseUnavailable, match="medbatch db upgrade"):
+        require_existing(url)
+    assert not (tmp_path / "medbatch.db").exists()
+    (tmp_path / "medbatch.db").touch()
+    require_existing(url)
+    assert sqlite_file("postgresql+psycopg://u@h/db") is None and sqlite_file("sqlite://") is None
