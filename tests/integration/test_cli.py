@@ -312,3 +312,24 @@ def test_python_dash_m_medbatch_version_and_worker_queues(service_env, celery_ap
     worker = start_worker("all")
     queues = celery_app.control.inspect(destination=[worker.name], timeout=5).active_queues()
     assert sorted(q["name"] for q in queues[worker.name]) == sorted(QUEUES)
+
+
+def test_an_inactive_xray_model_is_named_with_how_to_activate_and_datasets_are_per_model(db_url, service_env, tmp_path):
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+    from medbatch.producer.synthetic import write_xrays
+
+    # Given only an inactive X-ray model (as the demo leaves its synthetic one)
+    with session_scope(db_url) as s:
+        repo.register_model(
+            s, name="xray", version="d3m0", uri=str(tmp_path / "x.zip"), metrics={}, training_source="SYNTHETIC",
+            activate=False,
+        )
+    night = tmp_path / "night"
+    write_xrays(night, 1, size=64, seed=1, split="inbox", formats=("png",))
+    # When X-rays are submitted, the refusal says one is registered and how to activate it
+    run = medbatch(service_env, "submit", "xray", str(night))
+    assert run.returncode == 2 and "medbatch models activate xray d3m0" in run.stderr, run.stderr
+    # And a tabular model's built-in datasets are its own: risk refuses Framingham (no BMI, no exercise)
+    run = medbatch(service_env, "train", "risk", "--dataset", "framingham")
+    assert run.returncode == 2 and "choose nhefs" in run.stderr, run.stderr
