@@ -1,5 +1,6 @@
-"""What a person waiting for a job sees: an ``on_progress`` for :func:`medbatch.jobs.wait_for_job` that draws a
-progress bar on a terminal and says once when nothing has moved for a while. Used by the CLI and the demo."""
+"""What a person waiting sees: an ``on_progress`` for :func:`medbatch.jobs.wait_for_job` that draws a progress
+bar on a terminal and says once when nothing has moved for a while (the CLI and the demo), and
+:func:`epoch_progress`, the bar of a training epoch (``medbatch train xray|molecules``)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,32 @@ def job_progress(console: Console, job_id: int, *, quiet: bool = False) -> Itera
     else:
         with bar:
             yield on_progress
+
+
+@contextmanager
+def epoch_progress(console: Console, what: str) -> Iterator[Callable[[int, int, int, int], None] | None]:
+    """Yields the ``progress(epoch, epochs, step, steps)`` to pass to training: a bar of the current epoch's
+    steps on ``console`` while it is a terminal, None otherwise (the per-epoch log lines say enough in a log)."""
+    if not console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(f"{what} epoch {{task.fields[epoch]}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    tasks: list = []
+
+    def on_step(epoch: int, epochs: int, step: int, steps: int) -> None:
+        if not tasks:  # shown from the first step on, not while the data is still being read
+            tasks.append(bar.add_task("", total=None, epoch=""))
+        bar.update(tasks[0], total=steps or None, completed=step, epoch=f"{epoch}/{epochs}")
+
+    with bar:
+        yield on_step

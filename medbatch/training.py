@@ -16,6 +16,8 @@ from medbatch.errors import InvalidInput
 from medbatch.extras import require
 
 Log = Callable[[str], object]
+#: ``(epoch, epochs, step, steps)`` after each training step (``medbatch.progress.epoch_progress`` draws it).
+StepProgress = Callable[[int, int, int, int], object]
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ def train_tabular(
     """Train the ``risk`` or ``treatment`` model on ``csv_file`` (or a built-in ``dataset``) and register it
     (``model`` forces a candidate; activation as :func:`register_trained` rules)."""
     from medbatch.ml import registry, tabular
+    from medbatch.ml.evaluation import small_sample_warning
 
     if csv_file is not None:
         frame = tabular.load_training_csv(csv_file, name, target)
@@ -218,8 +221,20 @@ def train_tabular(
     path = registry.save_versioned(
         lambda d: tabular.save_model(trained, d, training_source=source), Path(model_dir), name
     )
+    card = path.with_suffix(".card.md")
+    warning = small_sample_warning(int(trained.metrics.get("n_test") or 0), _positives(trained.metrics))
+    if warning:  # in the output and the card, beside the figures it qualifies (the version hashes the model only)
+        log(warning)
+        with card.open("a", encoding="utf-8") as fh:
+            fh.write(f"\n## Small held-out sample\n\n{warning}\n")
     reg = register_trained(database_url, name, path, trained.metrics, source, activate=activate, force=force)
-    return Registered(name, reg.version, path, path.with_suffix(".card.md"), trained, reg.activated, reg.note)
+    return Registered(name, reg.version, path, card, trained, reg.activated, reg.note)
+
+
+def _positives(metrics: dict) -> int | None:
+    """Positives of a binary model's held-out split, when its metrics say (None for several classes)."""
+    value = (metrics.get("model") or {}).get("positives")
+    return int(value) if isinstance(value, int | float) else None
 
 
 def train_xray(
@@ -233,6 +248,7 @@ def train_xray(
     threshold: str | float = "youden",
     threads: int | None = None,
     log: Log | None = None,
+    progress: StepProgress | None = None,
     stem: str = "xray",
     training_source: str | None = None,
     activate: bool = True,
@@ -250,6 +266,8 @@ def train_xray(
         options["threads"] = threads
     if log is not None:
         options["log"] = log
+    if progress is not None:
+        options["progress"] = progress
     trained = xray.train_xray(data_dir, **options)
     path = registry.save_versioned(
         lambda d: xray.save_model(trained.keras_model, trained.meta, d), Path(model_dir), stem
@@ -274,6 +292,7 @@ def train_molecules(
     time_budget_s: float | None = None,
     checkpoint_dir: Path | None = None,
     log: Log = lambda _m: None,
+    progress: StepProgress | None = None,
     activate: bool = True,
     force: bool = False,
 ) -> Registered:
@@ -290,6 +309,7 @@ def train_molecules(
         time_budget_s=time_budget_s,
         checkpoint_dir=checkpoint_dir,
         log=log,
+        progress=progress,
     )
     path = registry.save_versioned(lambda d: molecules.save_model(trained, d), Path(model_dir), "molecules")
     card = molecules.write_card(trained, path)

@@ -19,6 +19,7 @@ from medbatch.cli._common import (
 )
 from medbatch.config import get_settings
 from medbatch.errors import InvalidInput
+from medbatch.progress import epoch_progress
 
 ModelChoice = Annotated[
     str | None,
@@ -35,12 +36,15 @@ Force = Annotated[bool, typer.Option("--force", help="Activate even when its hel
 OutDir = Annotated[Path | None, typer.Option("--out", help="Where to save the artifact [MEDBATCH_MODEL_DIR].")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 
+
 def _dataset_help(name: str) -> str:
     from medbatch.training import DATASETS
 
-    return "Train on a built-in dataset instead of a CSV (the default without one): " + "; ".join(
-        f"{k}, {v}" for k, v in DATASETS[name].items()
-    ) + "."
+    return (
+        "Train on a built-in dataset instead of a CSV (the default without one): "
+        + "; ".join(f"{k}, {v}" for k, v in DATASETS[name].items())
+        + "."
+    )
 
 
 train_app = typer.Typer(help="Train a model, evaluate it on held-out data and register it.", no_args_is_help=True)
@@ -139,19 +143,31 @@ def train_xray(
         ) from None
     if not isinstance(chosen, str) and not 0 < chosen < 1:
         raise InvalidInput("--threshold must be between 0 and 1 (or youden)")
-    done = training.train_xray(
-        url,
-        data_dir,
-        model_dir=Path(out_dir or get_settings().model_dir),
-        config=config,
-        seed=seed,
-        holdout_fraction=holdout,
-        threshold=chosen,
-        threads=get_settings().imaging_decode_threads,
-        log=lambda m: err.print(m, highlight=False),
-        activate=activate,
-        force=force,
-    )
+    with epoch_progress(err, "training") as progress:
+        done = training.train_xray(
+            url,
+            data_dir,
+            model_dir=Path(out_dir or get_settings().model_dir),
+            config=config,
+            seed=seed,
+            holdout_fraction=holdout,
+            threshold=chosen,
+            threads=get_settings().imaging_decode_threads,
+            log=_say,
+            progress=progress,
+            activate=activate,
+            force=force,
+        )
+    _report_xray(done)
+
+
+def _say(message: str) -> None:
+    """A training line on stderr; a small-sample warning in yellow."""
+    style = "yellow" if message.startswith("WARNING:") else None
+    err.print(message, highlight=False, style=style)
+
+
+def _report_xray(done) -> None:
     trained, path, version, card = done.trained, done.path, done.version, done.card
     test = trained.meta["metrics"]["test"]
     err.print(f"saved {path} (version {version}), {_registered(done)}; card {card}", highlight=False)
@@ -206,20 +222,22 @@ def train_molecules(
     from medbatch.ml import molecules
 
     url = ready_db()
-    done = training.train_molecules(
-        url,
-        model_dir=Path(out_dir or get_settings().model_dir),
-        config=molecules.MolConfig(units=units, layers=layers, learning_rate=learning_rate, batch_size=batch_size),
-        subset=subset or None,
-        epochs=epochs,
-        seed=seed,
-        eval_samples=eval_samples,
-        time_budget_s=None if time_budget_min is None else time_budget_min * 60,
-        checkpoint_dir=checkpoint_dir,
-        log=lambda m: err.print(m, highlight=False),
-        activate=activate,
-        force=force,
-    )
+    with epoch_progress(err, "training") as progress:
+        done = training.train_molecules(
+            url,
+            model_dir=Path(out_dir or get_settings().model_dir),
+            config=molecules.MolConfig(units=units, layers=layers, learning_rate=learning_rate, batch_size=batch_size),
+            subset=subset or None,
+            epochs=epochs,
+            seed=seed,
+            eval_samples=eval_samples,
+            time_budget_s=None if time_budget_min is None else time_budget_min * 60,
+            checkpoint_dir=checkpoint_dir,
+            log=_say,
+            progress=progress,
+            activate=activate,
+            force=force,
+        )
     trained, path, version, card = done.trained, done.path, done.version, done.card
     err.print(f"saved {path} (version {version}), {_registered(done)}; card {card}", highlight=False)
     out.print_json(

@@ -16,6 +16,10 @@ import numpy as np
 
 #: Largest number of calibration bins; fewer are used when a bin would hold fewer rows than asked.
 CALIBRATION_MAX_BINS = 10
+#: A held-out split smaller than this, or with fewer rows than :data:`SMALL_SAMPLE_PER_CLASS` in a class, gets
+#: :func:`small_sample_warning`: its AUC, sensitivity and specificity could be anything (n=6 gives AUC 1.0 easily).
+SMALL_SAMPLE_N = 30
+SMALL_SAMPLE_PER_CLASS = 10
 
 
 def youden_threshold(y_true: np.ndarray, scores: np.ndarray, *, single_class: float = 0.5) -> float:
@@ -38,6 +42,25 @@ def youden_threshold(y_true: np.ndarray, scores: np.ndarray, *, single_class: fl
     finite = np.isfinite(thresholds)
     best = int(np.argmax(np.where(finite, tpr - fpr, -np.inf)))
     return float(thresholds[best])
+
+
+def small_sample_warning(n: int, positives: int | None = None, *, split: str = "held-out test") -> str | None:
+    """A warning when a split is too small for its figures to mean anything, else None.
+
+    Args:
+        n: rows (images, patients) in the split.
+        positives: rows of the positive class, when the figures are binary (the other class is ``n - positives``).
+        split: the split's name in the message.
+    """
+    per_class = None if positives is None else min(positives, n - positives)
+    if n >= SMALL_SAMPLE_N and (per_class is None or per_class >= SMALL_SAMPLE_PER_CLASS):
+        return None
+    counts = "" if positives is None else f", {positives} positive and {n - positives} negative"
+    return (
+        f"WARNING: AUC on n={n} is not meaningful: the {split} split holds {n} rows{counts} (fewer than "
+        f"{SMALL_SAMPLE_N}, or {SMALL_SAMPLE_PER_CLASS} per class); measure the model on a larger one before relying "
+        "on its figures"
+    )
 
 
 def confusion_counts(y_pos: np.ndarray, predicted_pos: np.ndarray) -> dict[str, int]:

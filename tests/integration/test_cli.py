@@ -159,6 +159,9 @@ def test_xray_from_nothing_to_results_on_the_command_line(service_env, start_wor
     assert run.returncode == 0, run.stderr
     trained = json.loads(run.stdout)
     assert trained["held_out_test"]["n"] > 0 and "epoch 1" in run.stderr
+    # A held-out test split of a few images is flagged, in the output and (through the notes) the model card
+    small = f"AUC on n={trained['held_out_test']['n']} is not meaningful"
+    assert small in run.stderr and any(small in n for n in trained["notes"])
     # TensorFlow's own lines (oneDNN, cpu_feature_guard, grappler E0000, Keras's shuffle warning) stay quiet
     for noise in ("oneDNN", "I0000", "E0000", "absl::InitializeLog", "shuffle=True"):
         assert noise not in run.stderr, noise

@@ -96,6 +96,7 @@ def train_generator(
     checkpoint_dir: Path | None = None,
     checkpoint_every_s: float = 300.0,
     log: Callable[[str], None] = lambda m: None,
+    progress: Callable[[int, int, int, int], None] | None = None,
 ) -> TrainedGenerator:
     """Train the CharRNN on ``smiles`` by teacher forcing (cross-entropy on the next token).
 
@@ -186,6 +187,8 @@ def train_generator(
             epoch_batches(tokens, lengths, config.batch_size, seed=seed, epoch=epoch, start=first), start=first
         ):
             losses.append(float(train_step(x, y, w)))
+            if progress is not None:  # (epoch, epochs, step, steps): a bar on a terminal
+                progress(epoch + 1, config.epochs, step + 1, per_epoch)
             if step % 200 == 0:
                 log(
                     f"epoch {epoch + 1}/{config.epochs} step {step}/{per_epoch} "
@@ -304,6 +307,7 @@ def train_on_moses(
     time_budget_s: float | None = None,
     checkpoint_dir: Path | None = None,
     log: Callable[[str], None] = lambda m: None,
+    progress: Callable[[int, int, int, int], None] | None = None,
 ) -> TrainedGenerator:
     """Train on a seeded subset of the MOSES training SMILES, then measure the generator.
 
@@ -329,6 +333,7 @@ def train_on_moses(
         time_budget_s=time_budget_s,
         checkpoint_dir=checkpoint_dir,
         log=log,
+        progress=progress,
     )
     generator = MoleculeGenerator(
         name="molecules", version="unsaved", keras_model=trained.keras_model, vocab=trained.vocab, meta=trained.meta

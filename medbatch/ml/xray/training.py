@@ -88,12 +88,16 @@ def train_xray(
     threshold: str | float = "youden",
     threads: int = defaults.IMAGING_DECODE_THREADS,
     log: Callable[[str], None] = lambda _m: None,
+    progress: Callable[[int, int, int, int], None] | None = None,
 ) -> TrainedXray:
     """Train the CNN on ``data_dir`` (see :func:`find_layout`) and evaluate it on held-out images.
 
     Splits: ``val/`` and ``test/`` are used when each holds at least ``MIN_SPLIT_PER_CLASS`` images per
     class; otherwise ``holdout_fraction`` of ``train`` is held out for each (whole patients at a time),
     and the metadata says so.
+
+    ``progress(epoch, epochs, step, steps)`` is called after each training step (a bar on a terminal); ``log``
+    gets a line per epoch, and a warning when a held-out split is too small for its figures to mean anything.
 
     Raises:
         InvalidInput: no usable layout, or too few readable images.
@@ -172,6 +176,15 @@ def train_xray(
     log(f"training {config.epochs} epoch(s) on {len(y_train)} images, class weights {class_weight}")
 
     class _Log(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch + 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            if progress is not None:
+                progress(self.epoch, config.epochs, batch + 1, self.params.get("steps") or 0)
+
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             log(f"  epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())))
@@ -194,6 +207,11 @@ def train_xray(
     val_scores = _predict_all(trained, x_val)
     chosen = choose_threshold(y_val, val_scores, threshold)
     test_scores = _predict_all(trained, x_test)
+    for name, y in (("held-out test", y_test), ("validation", y_val)):
+        warning = evaluation.small_sample_warning(len(y), int(np.sum(y == 1)), split=name)
+        if warning:  # in the card and the command's output, beside the figures it qualifies
+            notes.append(warning)
+            log(warning)
     metrics = {
         "test": evaluate(y_test, test_scores, chosen),
         "validation": evaluate(y_val, val_scores, chosen),
