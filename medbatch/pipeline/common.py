@@ -14,7 +14,15 @@ from medbatch.ml import registry
 
 log = logging.getLogger("medbatch.pipeline")
 
-Predict = Callable[[Any, list], tuple[list[dict], list[dict]]]
+Predict = Callable[[Any, Any], tuple[Any, list[dict]]]
+#: load(session, batch_id): the batch's pending items (default: plain rows, :func:`repository.load_pending_items`).
+Load = Callable[[Any, int], Any]
+#: write(session, batch_id, job_id, results, failures) -> whether the job finished (default: ``complete_batch``).
+Write = Callable[..., bool]
+
+
+def _complete(session: Any, batch_id: int, job_id: int, results: Any, failures: list[dict]) -> bool:
+    return repo.complete_batch(session, batch_id=batch_id, job_id=job_id, results=results, failures=failures)
 
 
 def item_failure(item: Any, reason: str, stage: str = "inference") -> dict[str, Any]:
@@ -59,8 +67,8 @@ def measure_drift_when_done(database_url: str, batch_id: int, out: dict[str, Any
     """
     from medbatch.pipeline.drift import finalize_job
 
-    if out.get("status") != "done":
-        return
+    if out.get("status") != "done" or out.get("job_finished") is False:
+        return  # not this batch's job end (a job finished by its producer is measured by `medbatch status`)
     with session_scope(database_url) as s:
         job_id = repo.job_of_batch(s, batch_id)
     try:
@@ -77,6 +85,8 @@ def run_batch(
     predict: Predict,
     expected_db: str | None = None,
     workloads: tuple[str, ...] | None = None,
+    load: Load = repo.load_pending_items,
+    write: Write = _complete,
 ) -> dict[str, Any]:
     """Claim ``batch_id``, predict its pending items with the job's model, write every outcome at once.
 
@@ -84,35 +94,54 @@ def run_batch(
     reason: a failed model call is never recorded as a finding. A retryable error hands the batch back
     (the attempt is not counted) and propagates, so the task retries with backoff. ``workloads``: the
     ones the caller serves; a batch of another is refused unchanged (``repository.claim_batch``).
+    ``load`` and ``write`` replace the row-wise defaults with a workload's bulk path (tabular: columns in,
+    one COPY out); ``items`` is whatever ``load`` returns, ``predict`` and ``write`` take it.
+
+    The summary carries the seconds spent claiming and loading, scoring, and writing (``timings``).
     """
     started = time.perf_counter()
     with session_scope(database_url) as s:  # claim and read in one transaction
         repo.check_instance(s, expected_db)
         claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts, workloads=workloads)
-        items = repo.load_pending_items(s, batch_id) if claim is not None else []
+        items = load(s, batch_id) if claim is not None else []
     if claim is None:
         log.info("batch %s already finished; nothing written", batch_id)
         return {"batch_id": batch_id, "status": "skipped"}
+    loaded = time.perf_counter()
     try:
         try:
             model = load_job_model(database_url, claim.model_name, claim.model_version)
-            results, failures = predict(model, items) if items else ([], [])
+            results, failures = predict(model, items) if len(items) else ([], [])
         except PermanentError as exc:
             results, failures = [], [item_failure(it, str(exc)) for it in items]
+        scored = time.perf_counter()
         with session_scope(database_url) as s:
-            repo.complete_batch(s, batch_id=batch_id, job_id=claim.job_id, results=results, failures=failures)
+            finished = write(s, batch_id, claim.job_id, results, failures)
     except RetryableError as exc:
         release_claim(database_url, batch_id, str(exc))
         raise
+    done = time.perf_counter()
+    timings = {"load_s": loaded - started, "score_s": scored - loaded, "write_s": done - scored}
     log.info(
-        "job %s batch %s attempt %s: %d results, %d failures in %.2fs (model %s %s)",
+        "job %s batch %s attempt %s: %d results, %d failures in %.2fs "
+        "(load %.3fs, score %.3fs, write %.3fs; model %s %s)",
         claim.job_id,
         batch_id,
         claim.attempt,
         len(results),
         len(failures),
-        time.perf_counter() - started,
+        done - started,
+        timings["load_s"],
+        timings["score_s"],
+        timings["write_s"],
         claim.model_name,
         claim.model_version,
     )
-    return {"batch_id": batch_id, "status": "done", "results": len(results), "failures": len(failures)}
+    return {
+        "batch_id": batch_id,
+        "status": "done",
+        "results": len(results),
+        "failures": len(failures),
+        "job_finished": bool(finished),
+        "timings": timings,
+    }

@@ -1,53 +1,60 @@
-"""Score one batch of patient records: load its items, predict, write every outcome in one transaction."""
+"""Score one batch of patient records: read its inputs as columns, predict, write every outcome in one transaction."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from medbatch.db.repository.scoring import PendingInputs, ScoredColumns, load_pending_inputs, write_scored_batch
 from medbatch.pipeline.common import item_failure, measure_drift_when_done, run_batch
 
 log = logging.getLogger("medbatch.pipeline.tabular")
 
 
-def _result_rows(model: Any, items: list, preds: Any) -> list[dict]:
-    probs = preds.probabilities.round(6).tolist()
-    scores = preds.scores.tolist()
-    classes = list(preds.classes)
-    return [
-        {
-            "item_id": it.id,
-            "model_name": model.name,
-            "model_version": model.version,
-            "label": label,
-            "score": score,
-            "detail": {"probabilities": dict(zip(classes, p, strict=True)), "threshold": model.threshold},
-        }
-        for it, label, score, p in zip(items, preds.labels, scores, probs, strict=True)
-    ]
+def _scored(model: Any, ids: list[int], preds: Any) -> ScoredColumns:
+    return ScoredColumns(
+        model_name=model.name,
+        model_version=model.version,
+        item_ids=ids,
+        labels=preds.labels,
+        scores=preds.scores,
+        probabilities=preds.probabilities,
+        classes=list(preds.classes),
+        threshold=model.threshold,
+    )
 
 
-def predict_items(model: Any, items: list) -> tuple[list[dict], list[dict]]:
-    """Predict every item; a row the model cannot score becomes a failure, never a result.
+def predict_items(model: Any, items: PendingInputs) -> tuple[ScoredColumns, list[dict]]:
+    """Predict every item in one call; a row the model cannot score becomes a failure, never a result.
 
     Returns:
-        ``(results, failures)`` as dicts for :func:`medbatch.db.repository.complete_batch`.
+        ``(results, failures)`` for :func:`medbatch.db.repository.scoring.write_scored_batch`.
     """
     import pandas as pd
 
-    frame = pd.DataFrame([it.payload for it in items])
+    frame = pd.DataFrame.from_records(items.records())
     try:
-        return _result_rows(model, items, model.predict(frame)), []
+        return _scored(model, items.ids, model.predict(frame)), []
     except Exception:  # noqa: BLE001 - one bad row must not sink the batch: isolate it
         log.warning("batch prediction failed; scoring %d items one by one", len(items))
-    results: list[dict] = []
+    good: list[int] = []
     failures: list[dict] = []
-    for i, it in enumerate(items):
+    for i in range(len(items)):
         try:
-            results += _result_rows(model, [it], model.predict(frame.iloc[[i]]))
+            model.predict(frame.iloc[[i]])
+            good.append(i)
         except Exception as exc:  # noqa: BLE001 - recorded as the item's error
-            failures.append(item_failure(it, f"model could not score this row: {type(exc).__name__}: {exc}"))
-    return results, failures
+            failures.append(item_failure(items.item(i), f"model could not score this row: {type(exc).__name__}: {exc}"))
+    if not good:
+        return _scored(model, [], model.predict(frame.iloc[[]])), failures
+    whole = model.predict(frame.iloc[good])  # the rows that score alone score together
+    return _scored(model, [items.ids[i] for i in good], whole), failures
+
+
+def _write(session: Any, batch_id: int, job_id: int, results: Any, failures: list[dict]) -> bool:
+    if not isinstance(results, ScoredColumns):  # a model that could not be used: no results, every item failed
+        results = ScoredColumns("", "", [], [], None, None, [], None)
+    return write_scored_batch(session, batch_id=batch_id, job_id=job_id, scored=results, failures=failures)
 
 
 def score_batch(
@@ -58,7 +65,7 @@ def score_batch(
     Idempotent: a batch that is already done writes nothing and returns ``status="skipped"``.
 
     Returns:
-        A small summary: batch id, status, counts of results and failures.
+        A small summary: batch id, status, counts of results and failures, seconds per phase.
     """
     out = run_batch(
         batch_id,
@@ -67,6 +74,8 @@ def score_batch(
         predict=predict_items,
         expected_db=expected_db,
         workloads=("risk", "treatment"),
+        load=load_pending_inputs,
+        write=_write,
     )
     measure_drift_when_done(database_url, batch_id, out)
     return out

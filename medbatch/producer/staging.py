@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medbatch.db import repository as repo
+from medbatch.db.repository.staging import Items
 from medbatch.db.session import session_scope
 from medbatch.errors import BrokerUnavailable, InvalidInput
 from medbatch.ml import registry
@@ -140,20 +141,20 @@ def stage_job(
         job_id=job_id, workload=workload, source=source, model={"name": model[0], "version": model[1]}
     )
     log.info("job %s: staging %s input (model %s %s)", job_id, workload, model[0], model[1])
-    pending: list[dict] = []
+    pending: Items = []
     seq = 0
     broker_error: BrokerUnavailable | None = None
 
-    def flush(items: list[dict], rejected: list[dict]) -> None:
+    def flush(items: Items, rejected: list[dict]) -> None:
         nonlocal seq, broker_error
         new_batches: list[tuple[int, str]] = []
         with session_scope(database_url) as s:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                new_batches.append(
-                    (repo.stage_batch(s, job_id=job_id, seq=seq, queue=route.queue, items=chunk), route.queue)
+            if len(items):  # every batch of the chunk in one INSERT, every item in one COPY / executemany
+                ids = repo.stage_batches(
+                    s, job_id=job_id, first_seq=seq, queue=route.queue, items=items, batch_size=batch_size
                 )
-                seq += 1
+                new_batches = [(batch_id, route.queue) for batch_id in ids]
+                seq += len(ids)
             repo.record_rejections(s, job_id=job_id, errors=rejected)
             repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
         summary.batches += len(new_batches)
@@ -168,7 +169,7 @@ def stage_job(
 
     try:
         for chunk in chunks:
-            pending.extend(chunk.items)
+            pending = pending + chunk.items if len(pending) else chunk.items
             full = len(pending) - len(pending) % batch_size
             flush(pending[:full], list(chunk.rejected))
             pending = pending[full:]

@@ -140,7 +140,14 @@ from medbatch.db.repository.reviews import (
     review_agreement,
     store_review,
 )
+from medbatch.db.repository.scoring import (
+    PendingInputs,
+    ScoredColumns,
+    load_pending_inputs,
+    write_scored_batch,
+)
 from medbatch.db.repository.staging import (
+    ItemColumns,
     add_staged_counts,
     create_job,
     finish_staging,
@@ -148,9 +155,15 @@ from medbatch.db.repository.staging import (
     mark_batches_resent,
     record_rejections,
     stage_batch,
+    stage_batches,
 )
 
 __all__ = [
+    "ItemColumns",
+    "PendingInputs",
+    "ScoredColumns",
+    "load_pending_inputs",
+    "write_scored_batch",
     "DRIFT_WORKLOADS",
     "REPORT_VERDICTS",
     "RESULT_VERDICTS",
@@ -244,6 +257,7 @@ __all__ = [
     "set_job_metrics",
     "settled_studies",
     "stage_batch",
+    "stage_batches",
     "stuck_batches",
     "take_entries",
     "taken_pairs",

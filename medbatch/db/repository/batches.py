@@ -185,8 +185,12 @@ def complete_batch(
     job_id: int,
     results: Sequence[dict[str, Any]] = (),
     failures: Sequence[dict[str, Any]] = (),
-) -> None:
-    """Write a batch's outcome in the caller's transaction, idempotently, and finish the job if it was the last."""
+) -> bool:
+    """Write a batch's outcome in the caller's transaction, idempotently, and finish the job if it was the last.
+
+    Returns:
+        Whether this batch finished its job.
+    """
     write_outcomes(session, job_id=job_id, results=results, failures=failures, mark_done_by_id=False)
     if results:
         # Every item of the batch that did not fail now has a result (written above or by an earlier attempt).
@@ -200,7 +204,7 @@ def complete_batch(
         .where(Batch.id == batch_id)
         .values(status=BatchStatus.DONE.value, finished_at=utcnow(), error=None)
     )
-    finish_job_if_done(session, job_id)
+    return finish_job_if_done(session, job_id)
 
 
 def release_batch(session: Session, batch_id: int, reason: str) -> None:

@@ -25,6 +25,27 @@ def _json_columns(table: Table) -> set[str]:
     return {c.name for c in table.columns if isinstance(c.type, JSON)}
 
 
+_COPY_SPECIAL = ("\\", "\t", "\n", "\r")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(values: Sequence[str | None]) -> list[str]:
+    """``values`` as fields of PostgreSQL's text COPY format: ``None`` as ``\\N``, backslash, tab and line
+    breaks escaped (checked once for the whole column; most columns need no escaping)."""
+    probe = "".join(v for v in values if v)
+    if any(c in probe for c in _COPY_SPECIAL):
+        return ["\\N" if v is None else v.translate(_COPY_ESCAPES) for v in values]
+    return ["\\N" if v is None else v for v in values]
+
+
+def copy_buffer(session: Session, table_name: str, columns: str, buffer: str) -> None:
+    """COPY a prepared text-format ``buffer`` (one line per row, fields as :func:`copy_text` makes them) into
+    ``table_name`` (``columns``: comma-separated names) in one call."""
+    raw = session.connection().connection.dbapi_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table_name} ({columns}) FROM STDIN") as copy:
+        copy.write(buffer)
+
+
 def _copy_rows(
     session: Session, table_name: str, columns: list[str], rows: Sequence[dict[str, Any]], json_cols: set[str]
 ) -> None:
@@ -39,6 +60,33 @@ def _copy_rows(
                     for c in columns
                 ]
             )
+
+
+def _temp_copy_of(session: Session, table: Table, cols: str) -> str:
+    """A transaction-scoped temporary table with ``table``'s column types (no constraints, defaults or
+    sequence links), empty, gone at the end of the transaction."""
+    staging = f"_stage_{table.name}"
+    session.execute(
+        text(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DROP AS SELECT {cols} FROM {table.name} WITH NO DATA"
+        )
+    )
+    return staging
+
+
+def copy_ignore_conflicts(session: Session, table: Table, columns: str, buffer: str, key: list[str]) -> None:
+    """PostgreSQL: COPY a prepared text ``buffer`` (see :func:`copy_buffer`) into ``table``, skipping rows whose
+    unique ``key`` already exists: one COPY into a temporary table, one ``INSERT ... SELECT ... ON CONFLICT
+    DO NOTHING``. A JSON column takes JSON text, whether it is ``json``, ``jsonb`` or ``text``."""
+    staging = _temp_copy_of(session, table, columns)
+    copy_buffer(session, staging, columns, buffer)
+    session.execute(
+        text(
+            f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {staging} "
+            f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+        )
+    )
+    session.execute(text(f"TRUNCATE {staging}"))
 
 
 def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -67,15 +115,8 @@ def insert_ignore_conflicts(session: Session, table: Table, rows: Sequence[dict[
     dialect = _dialect(session)
     if dialect == "postgresql":
         columns = list(rows[0].keys())
-        staging = f"_stage_{table.name}"
         cols = ", ".join(columns)
-        # Column types only (no constraints, defaults or sequence links), gone at the end of the transaction.
-        session.execute(
-            text(
-                f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DROP AS "
-                f"SELECT {cols} FROM {table.name} WITH NO DATA"
-            )
-        )
+        staging = _temp_copy_of(session, table, cols)
         _copy_rows(session, staging, columns, rows, _json_columns(table))
         session.execute(
             text(

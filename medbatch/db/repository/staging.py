@@ -4,15 +4,18 @@ end the staging phase.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
+from medbatch.db.rawjson import RawJson
 from medbatch.db.repository.auditing import audit
 from medbatch.db.repository.batches import finish_job_if_done
-from medbatch.db.repository.bulk import bulk_insert, insert_ignore_conflicts
+from medbatch.db.repository.bulk import _dialect, bulk_insert, copy_buffer, copy_text, insert_ignore_conflicts
 from medbatch.db.tables import (
     FINISHED_BATCH,
     Batch,
@@ -52,31 +55,135 @@ def create_job(
     return job.id
 
 
-def stage_batch(session: Session, *, job_id: int, seq: int, queue: str, items: Sequence[dict[str, Any]]) -> int:
-    """Stage one batch of validated items (dicts with item_key, source_uri, source_row, patient_ref, payload).
+@dataclass(frozen=True)
+class ItemColumns:
+    """Validated rows of one CSV as columns: row ``i`` is item ``row:<source_rows[i]>`` of ``source_uri``.
+
+    Staged with one COPY (PostgreSQL) or one executemany (SQLite) per chunk instead of one dict per row;
+    iterating it still gives the item dicts :func:`stage_batch` takes (tests, small paths).
+    """
+
+    source_uri: str
+    source_rows: np.ndarray  # int64 line numbers
+    patient_refs: list[str | None]
+    payloads: list[str]  # JSON text of the validated inputs, one per row
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def __getitem__(self, part: slice) -> ItemColumns:
+        return ItemColumns(self.source_uri, self.source_rows[part], self.patient_refs[part], self.payloads[part])
+
+    def __add__(self, other: ItemColumns) -> ItemColumns:
+        if not len(self):
+            return other
+        if other.source_uri != self.source_uri:
+            raise ValueError("items of two sources cannot be joined")
+        return ItemColumns(
+            self.source_uri,
+            np.concatenate([self.source_rows, other.source_rows]),
+            self.patient_refs + other.patient_refs,
+            self.payloads + other.payloads,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row, ref, payload in zip(self.source_rows.tolist(), self.patient_refs, self.payloads, strict=True):
+            yield {
+                "item_key": f"row:{row}",
+                "source_uri": self.source_uri,
+                "source_row": row,
+                "patient_ref": ref,
+                "payload": RawJson(payload),
+            }
+
+
+Items = Sequence[dict[str, Any]] | ItemColumns
+
+
+def stage_batch(session: Session, *, job_id: int, seq: int, queue: str, items: Items) -> int:
+    """Stage one batch of validated items (dicts with item_key, source_uri, source_row, patient_ref, payload,
+    or :class:`ItemColumns`).
 
     Returns:
         The new batch id; its status is ``pending`` until :func:`mark_batches_queued`.
     """
-    batch_id = session.execute(
-        insert(Batch).returning(Batch.id),
-        {"job_id": job_id, "seq": seq, "queue": queue, "item_count": len(items), "status": BatchStatus.PENDING.value},
-    ).scalar_one()
+    return stage_batches(
+        session, job_id=job_id, first_seq=seq, queue=queue, items=items, batch_size=max(len(items), 1)
+    )[0]
+
+
+def stage_batches(
+    session: Session, *, job_id: int, first_seq: int, queue: str, items: Items, batch_size: int
+) -> list[int]:
+    """Stage ``items`` as consecutive batches of ``batch_size`` (numbered from ``first_seq``): one INSERT of
+    the batch rows, then one COPY (PostgreSQL) or one executemany (SQLite) of every item.
+
+    Returns:
+        The new batch ids in order; their status is ``pending`` until :func:`mark_batches_queued`.
+    """
+    sizes = [min(batch_size, len(items) - start) for start in range(0, len(items), batch_size)] or [0]
     rows = [
-        {
-            "job_id": job_id,
-            "batch_id": batch_id,
-            "item_key": it["item_key"],
-            "source_uri": it["source_uri"],
-            "source_row": it.get("source_row"),
-            "patient_ref": it.get("patient_ref"),
-            "payload": it["payload"],
-            "status": ItemStatus.PENDING.value,
-        }
-        for it in items
+        {"job_id": job_id, "seq": first_seq + k, "queue": queue, "item_count": n, "status": BatchStatus.PENDING.value}
+        for k, n in enumerate(sizes)
     ]
-    bulk_insert(session, Item.__table__, rows)
-    return batch_id
+    by_seq = dict(
+        (seq, bid)
+        for bid, seq in session.execute(
+            insert(Batch).returning(Batch.id, Batch.seq, sort_by_parameter_order=True), rows
+        )
+    )
+    batch_ids = [by_seq[r["seq"]] for r in rows]
+    if not len(items):
+        return batch_ids
+    owners = np.repeat(np.asarray(batch_ids, dtype=np.int64), sizes)
+    if isinstance(items, ItemColumns):
+        _stage_item_columns(session, job_id, owners, items)
+        return batch_ids
+    bulk_insert(
+        session,
+        Item.__table__,
+        [
+            {
+                "job_id": job_id,
+                "batch_id": int(owner),
+                "item_key": it["item_key"],
+                "source_uri": it["source_uri"],
+                "source_row": it.get("source_row"),
+                "patient_ref": it.get("patient_ref"),
+                "payload": it["payload"],
+                "status": ItemStatus.PENDING.value,
+            }
+            for owner, it in zip(owners.tolist(), items, strict=True)
+        ],
+    )
+    return batch_ids
+
+
+_ITEM_COLUMNS = "job_id, batch_id, item_key, source_uri, source_row, patient_ref, payload, status"
+
+
+def _stage_item_columns(session: Session, job_id: int, owners: np.ndarray, items: ItemColumns) -> None:
+    pending = ItemStatus.PENDING.value
+    rows = items.source_rows.tolist()
+    if _dialect(session) == "postgresql":
+        source = copy_text([items.source_uri])[0]
+        refs = copy_text(items.patient_refs)
+        payloads = copy_text(items.payloads)
+        buffer = "".join(
+            [
+                f"{job_id}\t{owner}\trow:{row}\t{source}\t{row}\t{ref}\t{payload}\t{pending}\n"
+                for owner, row, ref, payload in zip(owners.tolist(), rows, refs, payloads, strict=True)
+            ]
+        )
+        copy_buffer(session, "items", _ITEM_COLUMNS, buffer)
+        return
+    session.connection().exec_driver_sql(
+        f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (job_id, owner, f"row:{row}", items.source_uri, row, ref, payload, pending)
+            for owner, row, ref, payload in zip(owners.tolist(), rows, items.patient_refs, items.payloads, strict=True)
+        ],
+    )
 
 
 def add_staged_counts(session: Session, job_id: int, *, items: int, batches: int, rejected: int) -> None:

@@ -105,3 +105,48 @@ def test_transient_failure_hands_the_batch_back_without_counting(db_url, tmp_pat
         assert (batch.status, batch.attempts, batch.error) == ("queued", 0, "connection reset")
     monkeypatch.undo()
     assert score_batch(batch_id, database_url=db_url, max_attempts=3)["results"] == 10
+
+
+def test_bulk_paths_keep_odd_patient_ids_details_and_write_once(db_url, tmp_path):
+    """One COPY / executemany per chunk and per batch: ids with tabs, backslashes and quotes survive as typed,
+    each result's detail is the JSON it always was, and a re-delivered batch writes nothing twice."""
+    import json
+
+    from medbatch.db.tables import Item, ItemStatus
+
+    path = tmp_path / "odd.csv"
+    path.write_text(
+        "patient_id,age,bmi,exercise_frequency,smoking_history\n"
+        '"A\tB",54,27.5,3,0\n"C\\\\D",61,31,0,20\n"E""F",45,22,2,0\n"line\nbreak",50,25,1,1\n,40,20,1,0\n'
+    )
+    summary = submit_records(path, "risk", database_url=db_url, send=lambda *a: None, batch_size=2)
+    with session_scope(db_url) as s:
+        batches = list(s.scalars(select(Batch.id).where(Batch.job_id == summary.job_id).order_by(Batch.seq)))
+    assert summary.items_staged == 5 and len(batches) == 3
+    for batch_id in batches:
+        assert score_batch(batch_id, database_url=db_url, max_attempts=5)["status"] == "done"
+    with session_scope(db_url) as s:  # a re-delivery after the work was lost from the broker's view
+        s.execute(update(Batch).where(Batch.job_id == summary.job_id).values(status=BatchStatus.QUEUED.value))
+        s.execute(update(Item).where(Item.job_id == summary.job_id).values(status=ItemStatus.PENDING.value))
+    for batch_id in batches:
+        score_batch(batch_id, database_url=db_url, max_attempts=5)
+    with session_scope(db_url) as s:
+        rows = s.execute(
+            select(Item.source_row, Item.patient_ref, Item.payload, Result.label, Result.score, Result.detail)
+            .join(Result, Result.item_id == Item.id)
+            .where(Item.job_id == summary.job_id)
+            .order_by(Item.source_row)
+        ).all()
+    assert [(r.source_row, r.patient_ref) for r in rows] == [
+        (2, "A\tB"),
+        (3, "C\\\\D"),
+        (4, 'E"F'),
+        (5, "line\nbreak"),
+        (7, None),
+    ]
+    assert rows[0].payload == {"age": 54.0, "bmi": 27.5, "exercise_frequency": 3.0, "smoking_history": 0.0}
+    for r in rows:
+        detail = r.detail if isinstance(r.detail, dict) else json.loads(r.detail)
+        assert set(detail) == {"probabilities", "threshold"} and set(detail["probabilities"]) == {"low", "high"}
+        assert detail["probabilities"]["high"] == round(r.score, 6)
+        assert r.label == ("high" if r.score >= detail["threshold"] else "low")

@@ -1,0 +1,140 @@
+"""The tabular worker's bulk path: a batch's pending inputs read with one query, its results written with
+one COPY (PostgreSQL) or one executemany (SQLite), idempotently (``results.item_id`` is unique).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from sqlalchemy import Text, cast, select, update
+from sqlalchemy.orm import Session
+
+from medbatch.db.repository.batches import complete_batch
+from medbatch.db.repository.bulk import _dialect, copy_ignore_conflicts, copy_text
+from medbatch.db.tables import Item, ItemStatus, Result, utcnow
+
+
+class PendingItem(NamedTuple):
+    id: int
+    source_uri: str
+    source_row: int | None
+    patient_ref: str | None
+
+
+@dataclass(frozen=True)
+class PendingInputs:
+    """A batch's pending items as columns, in staging order; ``payloads`` are the JSON texts as stored."""
+
+    ids: list[int]
+    source_uris: list[str]
+    source_rows: list[int | None]
+    patient_refs: list[str | None]
+    payloads: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The payloads decoded with one parse of the whole batch (not one ``json.loads`` per row)."""
+        return json.loads("[" + ",".join(self.payloads) + "]") if self.payloads else []
+
+    def item(self, i: int) -> PendingItem:
+        """Row ``i`` with the attributes a failure record takes."""
+        return PendingItem(self.ids[i], self.source_uris[i], self.source_rows[i], self.patient_refs[i])
+
+    def __iter__(self) -> Iterator[PendingItem]:
+        return (self.item(i) for i in range(len(self)))
+
+
+def load_pending_inputs(session: Session, batch_id: int) -> PendingInputs:
+    """The batch's items still waiting for a result, as columns, with one query (payloads as JSON text)."""
+    rows = session.execute(
+        select(Item.id, Item.source_uri, Item.source_row, Item.patient_ref, cast(Item.payload, Text))
+        .where(Item.batch_id == batch_id, Item.status == ItemStatus.PENDING.value)
+        .order_by(Item.id)
+    ).all()
+    if not rows:
+        return PendingInputs([], [], [], [], [])
+    ids, uris, lines, refs, payloads = (list(c) for c in zip(*rows, strict=True))
+    return PendingInputs(ids, uris, lines, refs, payloads)
+
+
+@dataclass(frozen=True)
+class ScoredColumns:
+    """One batch's model outputs as columns: ``probabilities[i]`` in ``classes`` order, for item ``item_ids[i]``.
+
+    ``detail`` of each result is ``{"probabilities": {class: p, ...}, "threshold": threshold}``, the
+    probabilities rounded to 6 decimals, written as the same JSON text ``json.dumps`` makes.
+    """
+
+    model_name: str
+    model_version: str
+    item_ids: Sequence[int]
+    labels: Sequence[str]
+    scores: np.ndarray
+    probabilities: np.ndarray
+    classes: Sequence[str]
+    threshold: float | None
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def details(self) -> list[str]:
+        keys = [json.dumps(c) for c in self.classes]
+        tail = "}, " + '"threshold": ' + json.dumps(self.threshold) + "}"
+        probs = self.probabilities.round(6).tolist()
+        rows = ((", ".join(f"{k}: {p!r}" for k, p in zip(keys, row, strict=True))) for row in probs)
+        return ['{"probabilities": {' + body + tail for body in rows]
+
+
+_RESULT_COLUMNS = "item_id, job_id, model_name, model_version, label, score, detail, created_at"
+
+
+def write_scored_batch(
+    session: Session, *, batch_id: int, job_id: int, scored: ScoredColumns, failures: Sequence[dict[str, Any]] = ()
+) -> bool:
+    """Write a batch's results in bulk, skipping items that already have one, mark the rest of its pending items
+    done and the batch done (:func:`complete_batch` records ``failures``), all in the caller's transaction.
+
+    Returns:
+        Whether this batch finished its job.
+    """
+    if len(scored):
+        now = utcnow()
+        details = scored.details()
+        scores = scored.scores.tolist()
+        ids = list(scored.item_ids)
+        if _dialect(session) == "postgresql":
+            name, version = copy_text([scored.model_name, scored.model_version])
+            stamp = now.isoformat()
+            labels = copy_text(list(scored.labels))
+            buffer = "".join(
+                [
+                    f"{i}\t{job_id}\t{name}\t{version}\t{label}\t{score!r}\t{detail}\t{stamp}\n"
+                    for i, label, score, detail in zip(ids, labels, scores, copy_text(details), strict=True)
+                ]
+            )
+            copy_ignore_conflicts(session, Result.__table__, _RESULT_COLUMNS, buffer, ["item_id"])
+        else:
+            stamp = Result.__table__.c.created_at.type.bind_processor(session.get_bind().dialect)(now)
+            session.connection().exec_driver_sql(
+                f"INSERT INTO results ({_RESULT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (item_id) DO NOTHING",
+                [
+                    (i, job_id, scored.model_name, scored.model_version, label, score, detail, stamp)
+                    for i, label, score, detail in zip(ids, scored.labels, scores, details, strict=True)
+                ],
+            )
+    finished = complete_batch(session, batch_id=batch_id, job_id=job_id, results=(), failures=failures)
+    if len(scored):
+        # Every item of the batch that did not fail now has a result (written above or by an earlier attempt).
+        session.execute(
+            update(Item)
+            .where(Item.batch_id == batch_id, Item.status == ItemStatus.PENDING.value)
+            .values(status=ItemStatus.DONE.value)
+        )
+    return finished
