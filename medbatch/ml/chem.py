@@ -330,6 +330,96 @@ def set_metrics(records: Sequence[dict[str, Any]], *, intdiv_seed: int = 0) -> d
         "pains_free": share(lambda r: not r.get("pains"), unique),
         "qed_mean": mean("qed", unique),
         "sa_mean": mean("sa_score", unique),
+        "nll_mean_valid": mean("nll", valid),
+        "nll_mean_invalid": mean("nll", [r for r in records if not r.get("canonical")]),
+    }
+
+
+# --------------------------------------------------------------------------- delivery
+
+#: What became of a sample: the first ``count`` distinct candidates are delivered; every other sample says why not.
+OUTCOMES = ("delivered", "invalid", "filter_fail", "known", "unlikely", "duplicate", "surplus")
+
+
+def sample_outcome(
+    record: dict[str, Any], *, allow_known: bool = False, min_likelihood: float | None = None
+) -> tuple[str, str | None]:
+    """(outcome, reason) of one scored sample on its own: ``invalid``, ``filter_fail`` (fails the MOSES filters),
+    ``known`` (in the MOSES training set, unless ``allow_known``), ``unlikely`` (log-likelihood below
+    ``min_likelihood``), else ``candidate``, which the job's end makes delivered, duplicate or surplus."""
+    if not record.get("canonical"):
+        return "invalid", record.get("reason") or "not a valid molecule"
+    if not record.get("passes_moses_filters"):
+        return "filter_fail", "fails the MOSES filters"
+    if record.get("novel") is False and not allow_known:
+        return "known", "in the MOSES training set"
+    nll = record.get("nll")
+    if min_likelihood is not None and nll is not None and -nll < min_likelihood:
+        return "unlikely", f"log-likelihood {-nll:.2f} below --min-likelihood {min_likelihood:g}"
+    return "candidate", None
+
+
+def deliver(records: Sequence[dict[str, Any]], count: int | None = None) -> list[tuple[str, str | None]]:
+    """(outcome, reason) of every record in slot order, for the job as a whole: of the candidates (records
+    whose ``outcome`` is ``candidate``, or already ``delivered``/``duplicate``/``surplus``, so this is
+    idempotent), the first of each canonical SMILES is delivered until ``count`` are (all when None); a
+    repeat is ``duplicate``, one past ``count`` is ``surplus``. Other records keep theirs."""
+    out: list[tuple[str, str | None]] = []
+    taken: set[str] = set()
+    for r in records:
+        outcome = r.get("outcome")
+        if outcome not in ("candidate", "delivered", "duplicate", "surplus"):
+            out.append((outcome, r.get("reason")))
+        elif r["canonical"] in taken:
+            out.append(("duplicate", "a repeat of a molecule delivered earlier in the job"))
+        elif count is not None and len(taken) >= count:
+            out.append(("surplus", f"not needed: {count:,} already delivered"))
+        else:
+            taken.add(r["canonical"])
+            out.append(("delivered", None))
+    return out
+
+
+def delivery_metrics(
+    records: Sequence[dict[str, Any]],
+    *,
+    requested: int | None = None,
+    max_samples: int | None = None,
+    intdiv_seed: int = 0,
+) -> dict[str, Any]:
+    """What was delivered, from every sample (``outcome`` set by :func:`deliver`): how many of how many
+    requested, samples spent per delivered molecule, the outcome of every sample, and the delivered set's
+    own figures (IntDiv, novelty, properties). Validity, uniqueness and filters are not among them: the
+    delivered set holds them by construction, so they say nothing about the model."""
+    delivered = [r for r in records if r.get("outcome") == "delivered"]
+    counts = {k: 0 for k in OUTCOMES}
+    for r in records:
+        counts[r.get("outcome") or "invalid"] = counts.get(r.get("outcome") or "invalid", 0) + 1
+
+    def mean(key: str) -> float | None:
+        vals = [r[key] for r in delivered if r.get(key) is not None]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    def share(pred) -> float | None:
+        return round(sum(1 for r in delivered if pred(r)) / len(delivered), 4) if delivered else None
+
+    short = requested is not None and len(delivered) < requested
+    return {
+        "requested": requested,
+        "delivered": len(delivered),
+        "samples": len(records),
+        "max_samples": max_samples,
+        "budget_spent": bool(short and max_samples is not None and len(records) >= max_samples),
+        "samples_per_delivered": round(len(records) / len(delivered), 3) if delivered else None,
+        "outcomes": counts,
+        "novelty": share(lambda r: r.get("novel")),
+        "intdiv": internal_diversity([r["canonical"] for r in delivered], seed=intdiv_seed),
+        "qed_mean": mean("qed"),
+        "sa_mean": mean("sa_score"),
+        "mol_weight_mean": mean("mol_weight"),
+        "nll_mean": mean("nll"),
+        "lipinski_pass": share(lambda r: r.get("lipinski_pass")),
+        "pains_free": share(lambda r: not r.get("pains")),
     }
 
 
@@ -343,7 +433,9 @@ def evaluate_generator(
     chunk: int = 1000,
 ) -> dict[str, Any]:
     """Sample ``n`` strings from ``generator`` (``chunk`` at a time, seeds derived from ``seed``), score
-    them and return :func:`set_metrics` plus the sampling and scoring times."""
+    them and return :func:`set_metrics` (the raw model row) plus ``delivered`` (:func:`delivery_metrics`: what
+    a job would deliver of these samples, every distinct valid novel filter-passing one) and the sampling
+    and scoring times."""
     import time
 
     training_set = training_set if training_set is not None else moses_training_set()
@@ -354,11 +446,16 @@ def evaluate_generator(
         seed_i = int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint32)[0])
         generated = generator.sample(min(chunk, n - start), seed=seed_i, temperature=temperature)
         t1 = time.perf_counter()
-        records += [score(g.smiles, training_set).as_dict() for g in generated]
+        records += [{**score(g.smiles, training_set).as_dict(), "nll": g.nll} for g in generated]
         sample_s += t1 - t0
         score_s += time.perf_counter() - t1
     metrics = set_metrics(records, intdiv_seed=seed)
+    for r in records:
+        r["outcome"], r["reason"] = sample_outcome(r)
+    for r, (outcome, reason) in zip(records, deliver(records), strict=True):
+        r["outcome"], r["reason"] = outcome, reason
     metrics.update(
+        delivered=delivery_metrics(records, intdiv_seed=seed),
         samples=n,
         sample_seed=seed,
         temperature=temperature,

@@ -14,21 +14,29 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 from medbatch.db import repository as repo
+from medbatch.db.repository import molecules as molecule_repo
 from medbatch.db.session import session_scope
-from medbatch.db.tables import FINISHED_JOB
+from medbatch.db.tables import FINISHED_JOB, JobStatus
+from medbatch.errors import BrokerUnavailable
 from medbatch.pipeline.common import item_failure, run_batch
+from medbatch.producer.send import Send
 
 log = logging.getLogger("medbatch.pipeline.molecules")
 #: Results keep the canonical SMILES as their label; ``results.label`` holds 128 characters.
 LABEL_MAX = 128
 
 
-def _result_row(model: Any, item: Any, scored: Any, ended: bool) -> dict[str, Any]:
+def _result_row(
+    model: Any, item: Any, scored: Any, ended: bool, nll: float | None = None, tokens: int | None = None
+) -> dict[str, Any]:
     detail = scored.as_dict()
     detail["slot"] = item.payload["slot"]
+    detail["nll"] = nll
+    detail["tokens"] = tokens
     if not ended:
         detail["truncated"] = True
         if not scored.valid:
@@ -70,12 +78,53 @@ def generate_items(model: Any, items: list, *, training_set: Any | None = None) 
                 failures.append(item_failure(it, f"slot position {k} is outside its batch of {n}"))
                 continue
             g = generated[k]
-            results.append(_result_row(model, it, chem.score(g.smiles, training_set), g.ended))
+            scored = chem.score(g.smiles, training_set)
+            results.append(_result_row(model, it, scored, g.ended, g.nll, g.tokens))
     return results, failures
 
 
+def write_batch(
+    session: Any, batch_id: int, job_id: int, results: list[dict], failures: list[dict], *, staged: list[int]
+) -> bool:
+    """Write a molecule batch (``run_batch``'s ``write``): classify each sample, and when this batch ends the
+    round short of the job's count, stage the top-up round (ids appended to ``staged``) before completing it,
+    so the job cannot finish in between. Returns whether the job finished."""
+    from medbatch.ml import chem
+    from medbatch.producer.generation import top_up_items, top_up_samples
+
+    state = molecule_repo.lock_round(session, job_id, batch_id)
+    options = state.options
+    for r in results:
+        d = r["detail"]
+        d["outcome"], d["reason"] = chem.sample_outcome(
+            d, allow_known=bool(options.get("allow_known")), min_likelihood=options.get("min_likelihood")
+        )
+    round_ends = state.status not in FINISHED_JOB and state.status != JobStatus.STAGING.value
+    if round_ends and not state.others_unfinished and not failures and not state.errors and "max_samples" in options:
+        found = molecule_repo.deliverable_molecules(session, job_id)
+        found |= {r["detail"]["canonical"] for r in results if r["detail"]["outcome"] == "candidate"}
+        more = top_up_samples(options, delivered=len(found), sampled=state.sampled)
+        if more:
+            rounds = top_up_items(options, first_slot=state.sampled, first_seq=state.next_seq, samples=more)
+            for i, items in enumerate(rounds):
+                staged.append(
+                    repo.stage_batch(session, job_id=job_id, seq=state.next_seq + i, queue=state.queue, items=items)
+                )
+            repo.add_staged_counts(session, job_id, items=more, batches=len(rounds), rejected=0)
+            log.info(
+                "job %s: %d of %d found in %d samples; top-up of %d staged",
+                job_id,
+                len(found),
+                options["count"],
+                state.sampled,
+                more,
+            )
+    return repo.complete_batch(session, batch_id=batch_id, job_id=job_id, results=results, failures=failures)
+
+
 def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
-    """When a molecule job has finished, flag its duplicates and store its metrics (once; idempotent).
+    """When a molecule job has finished, decide what was delivered, flag duplicates and store its metrics
+    (once; idempotent).
 
     Returns:
         The job's metrics, or None when the job is not a finished molecule job.
@@ -92,17 +141,31 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
         options = dict(job.options or {})
         counts = repo.job_counts(s, job_id)
         rows = repo.job_result_rows(s, job_id)
-    records, updates, first = [], {}, {}
+    rows.sort(key=lambda row: ((row.detail or {}).get("slot", row.item_id), row.item_id))
+    records, first = [], {}
     for row in rows:
         d = dict(row.detail or {})
+        if "outcome" not in d:  # written before outcomes existed
+            d["outcome"], d["reason"] = chem.sample_outcome(d)
         canonical = d.get("canonical")
-        records.append(d)
         if canonical:
-            if canonical in first and d.get("duplicate_of") != first[canonical]:
-                updates[row.id] = {**d, "duplicate_of": first[canonical]}
+            if canonical in first:
+                d["duplicate_of"] = first[canonical]
             first.setdefault(canonical, row.item_id)
+        records.append(d)
+    requested = options.get("count") if "max_samples" in options else None
+    updates = {}
+    for row, d, (outcome, reason) in zip(rows, records, chem.deliver(records, requested), strict=True):
+        d["outcome"], d["reason"] = outcome, reason
+        if d != (row.detail or {}):
+            updates[row.id] = d
     metrics = chem.set_metrics(records, intdiv_seed=int(options.get("seed", 0)))
+    delivered = chem.delivery_metrics(
+        records, requested=requested, max_samples=options.get("max_samples"), intdiv_seed=int(options.get("seed", 0))
+    )
+    delivered.update(allow_known=bool(options.get("allow_known")), min_likelihood=options.get("min_likelihood"))
     metrics.update(
+        delivered=delivered,
         items_failed=counts["items_failed"],
         seed=options.get("seed"),
         temperature=options.get("temperature"),
@@ -112,22 +175,33 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
         repo.update_result_details(s, updates)
         repo.set_job_metrics(s, job_id, metrics)
     log.info(
-        "job %s finished: %d generated, validity %s, %d duplicates flagged",
+        "job %s finished: %d sampled, validity %s, %d delivered of %s, %d duplicates flagged",
         job_id,
         metrics["generated"],
         metrics["validity"],
-        len(updates),
+        delivered["delivered"],
+        requested,
+        metrics["duplicates"],
     )
     return metrics
 
 
 def generate_batch(
-    batch_id: int, *, database_url: str, max_attempts: int, expected_db: str | None = None
+    batch_id: int,
+    *,
+    database_url: str,
+    max_attempts: int,
+    expected_db: str | None = None,
+    send: Send | None = None,
 ) -> dict[str, Any]:
-    """Generate, score and persist one batch; finalise the job when it was the last one.
+    """Generate, score and persist one batch; send a top-up round it staged (with ``send``; without one it
+    stays ``pending`` for ``resume`` or the reconciler); finalise the job when it has finished.
 
     Idempotent: a batch that is already done writes nothing and returns ``status="skipped"``.
     """
+    from medbatch.producer.generation import send_staged
+
+    staged: list[int] = []
     out = run_batch(
         batch_id,
         database_url=database_url,
@@ -135,8 +209,16 @@ def generate_batch(
         predict=generate_items,
         expected_db=expected_db,
         workloads=("molecules",),
+        write=partial(write_batch, staged=staged),
     )
     with session_scope(database_url) as s:
         job_id = repo.job_of_batch(s, batch_id)
+    if staged:
+        out["top_up_batches"] = len(staged)
+        if send is not None:
+            try:
+                send_staged(database_url, send, job_id)
+            except BrokerUnavailable as exc:  # committed: the reconciler (or `resume`) sends the pending batches
+                log.warning("job %s: top-up round staged but not sent (%s)", job_id, exc)
     finalize_job(database_url, job_id)
     return out

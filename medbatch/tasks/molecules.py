@@ -4,6 +4,7 @@ from celery import shared_task
 
 from medbatch.config import get_settings
 from medbatch.pipeline import molecules
+from medbatch.producer.send import celery_sender
 from medbatch.tasks import RETRY, DatabaseIdentity, RowId, refuses_foreign
 
 
@@ -11,4 +12,10 @@ from medbatch.tasks import RETRY, DatabaseIdentity, RowId, refuses_foreign
 @refuses_foreign
 def generate_batch(self, batch_id: RowId, *, db: DatabaseIdentity) -> dict:
     s = get_settings()
-    return molecules.generate_batch(batch_id, database_url=s.database_url, max_attempts=s.max_attempts, expected_db=db)
+
+    def send(task: str, queue: str, staged_id: int) -> None:  # a top-up round the batch staged
+        celery_sender(self.app, s.database_url)(task, queue, staged_id)
+
+    return molecules.generate_batch(
+        batch_id, database_url=s.database_url, max_attempts=s.max_attempts, expected_db=db, send=send
+    )

@@ -20,6 +20,9 @@ from medbatch.producer.generation import submit_molecules
         ({"count": 5, "seed": -1}, "--seed"),
         ({"count": 5, "temperature": 0.0}, "--temperature"),
         ({"count": 5, "temperature": float("nan")}, "--temperature"),
+        ({"count": 5, "max_samples": 4}, "--max-samples"),
+        ({"count": 5, "min_likelihood": 3.0}, "--min-likelihood"),
+        ({"count": 5, "min_likelihood": float("-inf")}, "--min-likelihood"),
     ],
 )
 def test_bad_requests_are_refused_before_a_job_exists(sqlite_url, kwargs, message):
@@ -31,12 +34,16 @@ def test_bad_requests_are_refused_before_a_job_exists(sqlite_url, kwargs, messag
 
 def test_the_shipped_model_is_used_on_a_fresh_install(sqlite_url):
     # Given a database with no molecules model registered, submitting uses the one shipped in the package
-    summary = submit_molecules(database_url=sqlite_url, send=lambda *a: None, count=3)
+    sent = []
+    summary = submit_molecules(database_url=sqlite_url, send=lambda *a: sent.append(a), count=3)
     with session_scope(sqlite_url) as s:
         model = repo.active_model(s, "molecules")
         items = list(s.scalars(select(Item).where(Item.job_id == summary.job_id).order_by(Item.id)))
     assert model.uri == "builtin:molecules.zip" and model.metrics["generated"]["samples"] == 10_000
-    assert [it.payload["k"] for it in items] == [0, 1, 2] and {it.payload["n"] for it in items} == {3}
+    # and its first round samples enough for 3 at the yield its card measured (validity x distinct x filters x
+    # novelty = 0.72), 2% more: 5 slots in one batch
+    assert [it.payload["k"] for it in items] == [0, 1, 2, 3, 4] and {it.payload["n"] for it in items} == {5}
+    assert summary.items_staged == 5 and summary.batches_sent == 1
 
 
 def test_a_large_medbatch_batch_size_is_capped_for_molecules_not_refused():
@@ -47,3 +54,19 @@ def test_a_large_medbatch_batch_size_is_capped_for_molecules_not_refused():
     assert default_batch_size(7) == 7
     assert default_batch_size(100_000) == MAX_BATCH_ITEMS
     validate_request(count=50, seed=0, temperature=1.0, batch_size=default_batch_size(100_000))
+
+
+def test_top_ups_are_sized_from_the_jobs_own_yield_within_the_budget():
+    from medbatch.producer.generation import first_round, top_up_items, top_up_samples
+
+    options = {"count": 100, "max_samples": 300, "seed": 3, "temperature": 1.0, "batch_size": 40}
+    assert first_round(100, 300, 0.5) == 204 and first_round(100, 150, 0.5) == 150
+    assert top_up_samples(options, delivered=100, sampled=140) == 0  # enough
+    assert top_up_samples(options, delivered=60, sampled=300) == 0  # budget spent
+    assert top_up_samples(options, delivered=80, sampled=100) == 46  # 20 at 0.8 x 1.2, + 16
+    assert top_up_samples(options, delivered=0, sampled=250) == 50  # nothing yet: the budget caps it
+    rounds = top_up_items(options, first_slot=100, first_seq=3, samples=46)
+    assert [len(b) for b in rounds] == [40, 6]
+    assert [it["payload"]["slot"] for b in rounds for it in b] == list(range(100, 146))
+    assert {it["payload"]["n"] for it in rounds[1]} == {6} and rounds[1][0]["payload"]["k"] == 0
+    assert rounds == top_up_items(options, first_slot=100, first_seq=3, samples=46)  # a re-run stages the same

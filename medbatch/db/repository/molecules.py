@@ -1,0 +1,83 @@
+"""A molecule job's rounds: what its last finishing batch needs to know, under the job's row lock, to decide
+whether the job has delivered enough or must stage a top-up round; and its staged batches not yet sent.
+
+Deliverable molecules are results whose ``detail.outcome`` is ``candidate`` (written by the batch) or, once
+the job has been finalised, ``delivered`` / ``duplicate`` / ``surplus``; ``detail.canonical`` is the
+molecule. Both are read with the JSON operators of either backend (``->>`` on PostgreSQL, ``json_extract``
+on SQLite); no column of their own is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from medbatch.db.repository.bulk import _dialect
+from medbatch.db.tables import FINISHED_BATCH, Batch, BatchStatus, ItemError, Job, Result
+
+#: Outcomes a sample keeps from its own batch and that the job's end turns into delivered/duplicate/surplus.
+DELIVERABLE = ("candidate", "delivered", "duplicate", "surplus")
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """A molecule job as its last finishing batch sees it, under the job's row lock."""
+
+    status: str
+    options: dict[str, Any]
+    sampled: int  # sample slots staged so far (``items_total``); the next top-up slot is this one
+    others_unfinished: int  # batches other than the one being completed that are not done or dead
+    errors: int  # item errors (a failed or dead-lettered batch): no top-up for a job that is failing
+    next_seq: int
+    queue: str  # the queue of the batch being completed; a top-up round goes to the same one
+
+
+def lock_round(session: Session, job_id: int, batch_id: int) -> RoundState:
+    """Lock the job row (``FOR NO KEY UPDATE`` on PostgreSQL, as ``finish_job_if_done`` does, so two batches
+    ending at once are serialised and exactly one of them sees itself last) and read its round."""
+    stmt = select(Job).where(Job.id == job_id)
+    if _dialect(session) == "postgresql":
+        stmt = stmt.with_for_update(key_share=True)
+    job = session.scalars(stmt).one()
+    others = session.scalar(
+        select(func.count())
+        .select_from(Batch)
+        .where(Batch.job_id == job_id, Batch.id != batch_id, Batch.status.not_in(FINISHED_BATCH))
+    )
+    errors = session.scalar(select(func.count()).select_from(ItemError).where(ItemError.job_id == job_id))
+    last_seq = session.scalar(select(func.max(Batch.seq)).where(Batch.job_id == job_id))
+    queue = session.scalar(select(Batch.queue).where(Batch.id == batch_id))
+    return RoundState(
+        status=job.status,
+        options=dict(job.options or {}),
+        sampled=int(job.items_total),
+        others_unfinished=int(others or 0),
+        errors=int(errors or 0),
+        next_seq=0 if last_seq is None else int(last_seq) + 1,
+        queue=str(queue),
+    )
+
+
+def deliverable_molecules(session: Session, job_id: int) -> set[str]:
+    """The distinct canonical SMILES of the job's deliverable samples written so far."""
+    outcome = Result.detail["outcome"].as_string()
+    canonical = Result.detail["canonical"].as_string()
+    rows = session.execute(
+        select(canonical).distinct().where(Result.job_id == job_id, outcome.in_(DELIVERABLE), canonical.is_not(None))
+    )
+    return {row[0] for row in rows}
+
+
+def pending_batches(session: Session, job_id: int) -> list[tuple[int, str]]:
+    """(batch id, queue) of the job's staged batches whose message has not been sent, in order."""
+    return [
+        (row.id, row.queue)
+        for row in session.execute(
+            select(Batch.id, Batch.queue)
+            .where(Batch.job_id == job_id, Batch.status == BatchStatus.PENDING.value)
+            .order_by(Batch.seq)
+        )
+    ]
