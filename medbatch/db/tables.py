@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -33,6 +34,31 @@ DetailJson = JSON().with_variant(JSONB(), "postgresql")
 def utcnow() -> datetime:
     """Timezone-aware current time in UTC."""
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator):
+    """``TIMESTAMP WITH TIME ZONE`` on PostgreSQL, text on SQLite; in and out of Python always aware, in UTC.
+
+    SQLite keeps no offset: SQLAlchemy writes an aware datetime's wall-clock time and reads back a naive one.
+    So a time is converted to UTC before it is written (a Europe/Berlin night window compares correctly) and
+    a naive time read back is UTC, as every stored time is. PostgreSQL's values come back in UTC too, whatever
+    the session's ``TimeZone``.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # noqa: ANN001, ANN201 - SQLAlchemy's signature
+        if isinstance(value, datetime):
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            if dialect.name == "sqlite":  # UTC wall-clock time, as every stored time is, with no offset
+                return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
 
 
 class JobStatus(enum.StrEnum):
@@ -103,9 +129,9 @@ class Job(Base):
     # Job-level metrics computed when the job finishes (molecule jobs: MOSES metrics); null otherwise.
     metrics: Mapped[dict | None] = mapped_column(JSON)
     submitted_by: Mapped[str] = mapped_column(String(128), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Batch(Base):
@@ -120,9 +146,9 @@ class Batch(Base):
     item_count: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
-    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Item(Base):
@@ -165,7 +191,7 @@ class Result(Base):
     label: Mapped[str | None] = mapped_column(String(128))
     score: Mapped[float | None] = mapped_column(Float)
     detail: Mapped[dict] = mapped_column(DetailJson, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class ItemError(Base):
@@ -183,7 +209,7 @@ class ItemError(Base):
     source_row: Mapped[int | None] = mapped_column(Integer)
     patient_ref: Mapped[str | None] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Model(Base):
@@ -199,7 +225,7 @@ class Model(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     training_source: Mapped[str] = mapped_column(Text, default="")
     active: Mapped[bool] = mapped_column(default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Report(Base):
@@ -222,7 +248,7 @@ class Report(Base):
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     finish_reason: Mapped[str] = mapped_column(String(32))
     requires_review: Mapped[bool] = mapped_column(default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class AuditEvent(Base):
@@ -231,7 +257,7 @@ class AuditEvent(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(32), index=True)  # submit | resume | reconcile | export | train
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
@@ -245,7 +271,7 @@ class Instance(Base):
     __tablename__ = "medbatch_instance"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class InboxEntry(Base):
@@ -268,7 +294,7 @@ class InboxEntry(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     claim: Mapped[str] = mapped_column(String(36), index=True)  # the nightly run that took it
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    taken_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -299,8 +325,8 @@ class DicomDelivery(Base):
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str | None] = mapped_column(Text)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
 
 class ReceivedStatus(enum.StrEnum):
@@ -327,7 +353,7 @@ class DicomReceived(Base):
     status: Mapped[str] = mapped_column(String(16), default=ReceivedStatus.RECEIVED.value)
     claim: Mapped[str | None] = mapped_column(String(36), index=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
 
 
 class Review(Base):
@@ -351,5 +377,5 @@ class Review(Base):
     verdict: Mapped[str] = mapped_column(String(16))
     corrected_label: Mapped[str | None] = mapped_column(String(128))
     reviewer: Mapped[str] = mapped_column(String(128))
-    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reviewed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    imported_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -162,7 +162,7 @@ def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Itera
             "model_name": row.model_name,
             "model_version": row.model_version,
             "detail": row.detail,
-            "created_at": row.created_at.isoformat() if row.created_at else None,
+            "created_at": row.created_at,  # aware, UTC (tables.UtcDateTime); the export shows it in its zone
         }
         if row.text is not None:
             out.update(
@@ -177,17 +177,25 @@ def iter_results(session: Session, job_id: int, *, chunk: int = 10_000) -> Itera
 
 
 def result_detail_keys(session: Session, job_id: int) -> dict[str, Any]:
-    """Every key the job's results carry in ``detail`` (and in ``detail.probabilities``), and whether any
-    result has a report: the columns an export needs, read before the first row is written.
+    """Every key the job's results carry in ``detail`` (and in ``detail.probabilities``), the JSON types each
+    key's values have, and whether any result has a report: the columns of an export, and their types, read
+    before the first row is written.
 
     Returns:
-        ``{"detail": [...], "probabilities": [...], "reports": bool}``, keys sorted.
+        ``{"detail": [...], "probabilities": [...], "types": {key: [json type, ...]}, "reports": bool}``, keys
+        sorted; a JSON type is one of ``integer``, ``real``, ``text``, ``boolean``, ``array``, ``object``
+        (``null`` is left out).
     """
     if session.get_bind().dialect.name == "postgresql":
         obj = "CASE WHEN jsonb_typeof({0}) = 'object' THEN {0} ELSE '{{}}'::jsonb END"  # detail is jsonb (0009)
+        # jsonb has one number type: a number written without a fraction or exponent is an integer
+        kind = (
+            "CASE jsonb_typeof(e.v) WHEN 'number' THEN CASE WHEN e.v::text ~ '^-?[0-9]{1,18}$' THEN 'integer' "
+            "ELSE 'real' END WHEN 'string' THEN 'text' ELSE jsonb_typeof(e.v) END"
+        )
         keys = (
-            "SELECT DISTINCT k FROM results r, jsonb_object_keys(" + obj.format("r.detail") + ") AS k "
-            "WHERE r.job_id = :job"
+            f"SELECT e.k, {kind} FROM results r, jsonb_each(" + obj.format("r.detail") + ") AS e(k, v) "
+            "WHERE r.job_id = :job GROUP BY 1, 2"
         )
         probs = (
             "SELECT DISTINCT k FROM results r, jsonb_object_keys("
@@ -196,17 +204,24 @@ def result_detail_keys(session: Session, job_id: int) -> dict[str, Any]:
         )
     else:
         keys = (
-            "SELECT DISTINCT j.key FROM results r, json_each(r.detail) j "
-            "WHERE r.job_id = :job AND json_type(r.detail) = 'object'"
+            "SELECT j.key, CASE WHEN j.type IN ('true', 'false') THEN 'boolean' ELSE j.type END "
+            "FROM results r, json_each(r.detail) j "
+            "WHERE r.job_id = :job AND json_type(r.detail) = 'object' GROUP BY 1, 2"
         )
         probs = (
             "SELECT DISTINCT j.key FROM results r, json_each(r.detail, '$.probabilities') j "
             "WHERE r.job_id = :job AND json_type(r.detail, '$.probabilities') = 'object'"
         )
+    types: dict[str, set[str]] = {}
+    for key, json_type in session.execute(text(keys), {"job": job_id}):
+        types.setdefault(str(key), set())
+        if json_type != "null":
+            types[str(key)].add(str(json_type))
     reports = session.scalar(select(Report.id).where(Report.job_id == job_id).limit(1)) is not None
     return {
-        "detail": sorted(str(k) for (k,) in session.execute(text(keys), {"job": job_id})),
+        "detail": sorted(types),
         "probabilities": sorted(str(k) for (k,) in session.execute(text(probs), {"job": job_id})),
+        "types": {k: sorted(v) for k, v in sorted(types.items())},
         "reports": reports,
     }
 
@@ -270,7 +285,7 @@ def iter_errors(session: Session, job_id: int) -> Iterator[dict[str, Any]]:
             "patient_ref": err.patient_ref,
             "stage": err.stage,
             "reason": err.reason,
-            "created_at": err.created_at.isoformat() if err.created_at else None,
+            "created_at": err.created_at,
         }
 
 
