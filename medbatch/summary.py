@@ -20,7 +20,7 @@ from medbatch.db.repository import morning as q
 from medbatch.db.session import session_scope
 from medbatch.defaults import DRIFT_OUT_OF_RANGE_MAX, DRIFT_PSI_MAX
 from medbatch.ml.moses import MOSES_CHARRNN
-from medbatch.molecule_metrics import METRIC_KEYS, figures
+from medbatch.molecule_metrics import SELECTED, TABLE_KEYS, comparison_rows, delivery_line
 from medbatch.reviews import agreement_text
 
 
@@ -314,9 +314,19 @@ def render(data: dict[str, Any]) -> str:
     molecule_jobs = [j for j in jobs if j["workload"] == "molecules" and j.get("metrics")]
     if molecule_jobs:
         parts.append("<h2>Generated molecules</h2>")
-        rows = [[_e(f"job {j['job_id']}")] + [_e(v) for v in figures(j["metrics"])] for j in molecule_jobs]
-        rows.append(["MOSES CharRNN (reference)"] + [_e(v) for v in figures(MOSES_CHARRNN)])
-        parts.append(_table(["", *METRIC_KEYS], rows))
+        rows = []
+        for j in molecule_jobs:
+            line = delivery_line(j["metrics"])
+            for label, cells in comparison_rows(j["metrics"], MOSES_CHARRNN)[:-1]:
+                rows.append([_e(f"job {j['job_id']}: {label}")] + [_e(v) for v in cells])
+            if line:
+                parts.append(f"<p>job {j['job_id']}: {_e(line)}</p>")
+        rows.append(["MOSES CharRNN (reference)"] + [_e(v) for v in comparison_rows(None, MOSES_CHARRNN)[-1][1]])
+        parts.append(_table(["", *TABLE_KEYS], rows))
+        parts.append(
+            f"<p class=note>raw: every sample, as MOSES measures the model; delivered: the molecules kept, "
+            f"{SELECTED!r} where a column holds by construction.</p>"
+        )
     drift_jobs = [j for j in jobs if ((j.get("metrics") or {}).get("drift") or {}).get("available")]
     if drift_jobs:
         parts.append("<h2>Input drift (tonight vs the training data)</h2>")

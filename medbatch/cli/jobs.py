@@ -95,17 +95,22 @@ def drift_text(d: dict) -> str:
 
 
 def _add_molecule_metrics(table: Table, m: dict) -> None:
-    """Job metrics beside the MOSES CharRNN row."""
+    """What was delivered, then the raw model row and the delivered row beside the MOSES CharRNN row."""
     from medbatch import molecule_metrics as mm
 
-    table.add_row("molecules", mm.counts(m))
-    table.add_row("metric", "   ".join(f"{k:>10}" for k in mm.METRIC_KEYS))
-    table.add_row("this job", "   ".join(f"{v:>10}" for v in mm.figures(m)))
-    table.add_row("MOSES CharRNN", "   ".join(f"{v:>10}" for v in mm.figures(m.get("reference"))))
+    if mm.delivery_line(m):
+        table.add_row("delivered", mm.delivery_line(m))
+        table.add_row("every sample", mm.outcomes_line(m))
+    table.add_row("molecules", f"{mm.counts(m)} (raw: every sample)")
+    table.add_row("metric", "   ".join(f"{k:>10}" for k in mm.TABLE_KEYS))
+    for label, cells in mm.comparison_rows(m):
+        table.add_row(label, "   ".join(f"{v:>10}" for v in cells))
     note = mm.fewer_than_k_note(m)
     if note:
         table.add_row("note", note)
     table.add_row("properties", f"{mm.properties(m)} (unique valid molecules)")
+    if m.get("delivered"):
+        table.add_row("delivered set", mm.properties(m["delivered"]))
 
 
 @app.command()

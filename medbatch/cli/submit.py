@@ -237,7 +237,7 @@ def submit_xray(
 @submit_app.command("molecules")
 @with_exit_codes
 def submit_molecules(
-    count: Annotated[int, typer.Option("--count", "-n", help="How many molecules to generate (1 to 1,000,000).")],
+    count: Annotated[int, typer.Option("--count", "-n", help="How many molecules to deliver (1 to 1,000,000).")],
     seed: Annotated[int, typer.Option(help="Random seed: the same seed and model give the same molecules.")] = 0,
     temperature: Annotated[
         float, typer.Option(help="Sampling temperature, 0.05 to 3.0: 1.0 samples the model as trained.")
@@ -245,10 +245,26 @@ def submit_molecules(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Molecules per batch message \\[default: MEDBATCH_BATCH_SIZE].")
     ] = None,
+    max_samples: Annotated[
+        int | None,
+        typer.Option("--max-samples", help="Sample budget: stop there, short if need be \\[default: 3 x count]."),
+    ] = None,
+    allow_known: Annotated[
+        bool, typer.Option("--allow-known", help="Deliver molecules of the MOSES training set too (else novel only).")
+    ] = False,
+    min_likelihood: Annotated[
+        float | None,
+        typer.Option(
+            "--min-likelihood",
+            help="Skip valid samples whose log-likelihood (nats, at --temperature) is below this, e.g. -30 "
+            "(docs/models.md: its measured effect).",
+        ),
+    ] = None,
     as_json: AsJson = False,
     wait: Wait = False,
 ) -> None:
-    """Generate drug-like molecules (SMILES CharRNN), scored with RDKit and measured against MOSES."""
+    """Deliver COUNT drug-like molecules (SMILES CharRNN): valid, distinct, passing the MOSES filters and novel;
+    every sample is kept with its reason, and the model is measured against MOSES over all of them."""
     from medbatch.producer.generation import default_batch_size, submit_molecules
 
     url = ready_db()
@@ -259,5 +275,8 @@ def submit_molecules(
         seed=seed,
         temperature=temperature,
         batch_size=batch_size or default_batch_size(get_settings().batch_size),
+        max_samples=max_samples,
+        allow_known=allow_known,
+        min_likelihood=min_likelihood,
     )
     _after_submit(summary, url, as_json, wait)
