@@ -81,6 +81,9 @@ def worker(
     if unknown or not named:
         raise InvalidInput(f"unknown queue(s) {', '.join(unknown) or repr(queues)}; choose {', '.join(QUEUES)} or all")
     settings = get_settings()
+    from medbatch import extras
+
+    extras.require_queues(named, settings.resolved_llm_provider())  # every queue unservable: one line, exit 2
     ready_db()
     argv = [
         "worker",
@@ -101,7 +104,8 @@ def worker(
         argv += ["-c", str(concurrency)]
     if max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
-    celery_app.worker_main(argv=argv)
+    # worker_main drops the worker's exit code; start() returns it (a worker that stops itself says so).
+    raise typer.Exit(celery_app.start(argv=argv) or 0)
 
 
 @worker_app.command("check")

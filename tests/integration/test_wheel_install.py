@@ -258,3 +258,4 @@ def test_the_core_wheel_runs_tabular_work_and_refuses_the_rest_naming_the_extra(
     # A worker for the imaging queue alone does not start
     alone = _medbatch(venv, work, env, "worker", "-Q", "imaging", timeout=120)
     assert "no queue this worker can consume: imaging" in alone.stdout + alone.stderr
+    assert alone.returncode == 2, alone.stdout + alone.stderr
