@@ -30,8 +30,10 @@ FLOWER_PORT = 5555
 METRICS_PORT = 9808
 
 # --- batches, retries, reconciliation -------------------------------------------------------------
-#: Items per batch message: large enough to amortise task overhead, small enough to retry cheaply.
-BATCH_SIZE_ITEMS = 500
+#: Items per batch message: large enough to amortise the per-batch costs (message, claim, two transactions),
+#: small enough to retry cheaply and for both worker processes to have a batch of each 20,000-row chunk
+#: (tabular, measured in docs/design.md "A million rows (issue 13)"). Molecule batches follow it, capped.
+BATCH_SIZE_ITEMS = 10_000
 #: Seconds Redis waits for an ack before re-delivering a message to another worker. It must exceed
 #: the slowest batch; a re-delivery is harmless (writes are idempotent) but costs time.
 VISIBILITY_TIMEOUT_S = 3600

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ class SubmitSummary:
     batches_sent: int = 0
     model: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: Seconds spent reading + validating the input, staging it (the chunk transactions), queueing messages.
+    timings: dict[str, float] = field(default_factory=lambda: {"read_validate_s": 0.0, "stage_s": 0.0, "queue_s": 0.0})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +151,7 @@ def stage_job(
     def flush(items: Items, rejected: list[dict]) -> None:
         nonlocal seq, broker_error
         new_batches: list[tuple[int, str]] = []
+        started = time.perf_counter()
         with session_scope(database_url) as s:
             if len(items):  # every batch of the chunk in one INSERT, every item in one COPY / executemany
                 ids = repo.stage_batches(
@@ -159,6 +163,8 @@ def stage_job(
             repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
         summary.batches += len(new_batches)
         summary.items_staged += len(items)
+        staged = time.perf_counter()
+        summary.timings["stage_s"] += staged - started
         if send is not None and broker_error is None:
             try:
                 summary.batches_sent += send_batches(send, database_url, new_batches, route.task)
@@ -166,9 +172,11 @@ def stage_job(
                 # Keep staging the whole file: the database holds it, `resume` (or the reconciler) sends it.
                 broker_error = exc
                 summary.batches_sent = _count_sent(database_url, job_id)
+        summary.timings["queue_s"] += time.perf_counter() - staged
 
+    chunks = iter(chunks)
     try:
-        for chunk in chunks:
+        while (chunk := _timed_next(chunks, summary.timings)) is not None:
             pending = pending + chunk.items if len(pending) else chunk.items
             full = len(pending) - len(pending) % batch_size
             flush(pending[:full], list(chunk.rejected))
@@ -199,6 +207,14 @@ def stage_job(
         summary.rows_rejected,
     )
     return summary
+
+
+def _timed_next(chunks: Iterator[RecordChunk], timings: dict[str, float]) -> RecordChunk | None:
+    started = time.perf_counter()
+    try:
+        return next(chunks, None)
+    finally:
+        timings["read_validate_s"] += time.perf_counter() - started
 
 
 def _count_sent(database_url: str, job_id: int) -> int:

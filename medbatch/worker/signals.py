@@ -39,3 +39,8 @@ def _consume_only_servable_queues(sender=None, instance=None, **_kwargs) -> None
         log.warning("not consuming the %s queue: %s", queue, why)
     if refused:
         queues.deselect(list(refused))
+    if "tabular" in queues.consume_from:
+        # The tabular model's own package (scikit-learn) is imported once here, before the pool forks, so no
+        # child spends seconds importing it under its first batch (scikit-learn is fork-safe; TensorFlow,
+        # which is not, still loads lazily in the imaging and molecule children).
+        import medbatch.ml.tabular  # noqa: F401
