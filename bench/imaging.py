@@ -75,8 +75,12 @@ def make_model(directory: Path) -> Path:
     return registry.save_versioned(lambda d: xray.save_model(model, meta, d), directory, "xray-bench")
 
 
-def raw_loop(paths: list[Path], artifact: Path, batch: int, predict_batch: int, threads: int, out: Path) -> float:
-    """The same work in one process: read, decode, resize, predict, Grad-CAM + overlay for positives."""
+def raw_loop(
+    paths: list[Path], artifact: Path, batch: int, predict_batch: int, threads: int, out: Path
+) -> tuple[float, float]:
+    """The same work in one process: read, decode, resize, predict, Grad-CAM + overlay for positives.
+
+    Returns (wall seconds, CPU seconds) of the loop, the model load excluded."""
     from medbatch.ml import images, xray
     from medbatch.pipeline.imaging import OVERLAY_CAPTION, OVERLAY_SIDE, _resize_keep_aspect
 
@@ -90,7 +94,7 @@ def raw_loop(paths: list[Path], artifact: Path, batch: int, predict_batch: int, 
         display = _resize_keep_aspect(img.pixels, scale) if scale < 1 else img.pixels
         return images.resize(img.pixels, 150), display
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _own_cpu()
     with ThreadPoolExecutor(threads) as pool:
         for s in range(0, len(paths), batch):
             chunk = paths[s : s + batch]
@@ -106,7 +110,7 @@ def raw_loop(paths: list[Path], artifact: Path, batch: int, predict_batch: int, 
                     for j, h in zip(idx, model.gradcam(x[idx]), strict=True)
                 ]
             list(pool.map(lambda o: xray.overlay_png(*o, caption=OVERLAY_CAPTION), overlays))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _own_cpu() - cpu
 
 
 def predict_call_cost(artifact: Path, repeats: int = 30) -> dict[str, float]:
@@ -189,6 +193,8 @@ def main() -> None:
             [*medbatch, "submit", "xray", str(warm), "--wait", "--json"], env=env, check=True, capture_output=True
         )
         worker_rss = PeakRss(worker.pid)
+        worker_cpu, submit_cpu = _tree_cpu(worker.pid), _children_cpu()
+        start_epoch = time.time()
         start = time.perf_counter()
         run = subprocess.run(
             [*medbatch, "submit", "xray", str(folder), "--json", "--wait", "--batch-size", str(args.batch_size)],
@@ -197,6 +203,7 @@ def main() -> None:
             text=True,
         )
         wall = time.perf_counter() - start
+        worker_cpu, submit_cpu = _tree_cpu(worker.pid) - worker_cpu, _children_cpu() - submit_cpu
         w_peak = worker_rss.stop()
         if run.returncode != 0:
             raise SystemExit(f"submit failed: {run.stderr}")
@@ -214,11 +221,12 @@ def main() -> None:
         positives = c.execute(
             text("select count(*) from results where job_id = :j and label = 'pneumonia'"), {"j": summary["job_id"]}
         ).scalar_one()
+        timeline = _timeline(c, summary["job_id"], start_epoch, wall)
     engine.dispose()
 
     raw_out = args.workdir / "xray-raw-out"
     raw_out.mkdir(exist_ok=True)
-    raw = raw_loop(paths, artifact, args.batch_size, args.predict_batch, args.threads, raw_out)
+    raw, raw_cpu = raw_loop(paths, artifact, args.batch_size, args.predict_batch, args.threads, raw_out)
     bench_db.drop()
 
     calls = predict_call_cost(artifact)
@@ -240,9 +248,67 @@ def main() -> None:
         f"{sum(child_rss) / 2**20:.0f} MB at the end)"
     )
     print(f"  every staged image has exactly one result: {stored == summary['items_staged']}")
+    print(
+        f"  CPU seconds          medbatch {worker_cpu + submit_cpu:.1f} (worker {worker_cpu:.1f}, submit command "
+        f"{submit_cpu:.1f}), raw loop {raw_cpu:.1f}"
+    )
+    print("  timeline (s after submit started): " + ", ".join(f"{k} {v:.2f}" for k, v in timeline.items()))
     for b in (32, 1):
         c, k = calls[f"compiled@{b}"], calls[f"keras_predict@{b}"]
         print(f"  one call, batch {b:2d}: compiled {c * 1000:6.1f} ms, model.predict {k * 1000:6.1f} ms ({k / c:.1f}x)")
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children alive now."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _children_cpu() -> float:
+    """CPU seconds used by this script's finished child processes (the submit command)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _timeline(conn, job_id: int, start_epoch: float, wall: float) -> dict[str, float]:
+    """Where the end-to-end time went, from the database's timestamps: the producer until the first batch was
+    queued, the worker's first pick-up, the time it spent in batches and idle between them, and the tail from
+    the last batch's commit to the submit command's exit (drift, the --wait poll, process exit)."""
+    job_created = conn.execute(text("select created_at from jobs where id = :j"), {"j": job_id}).scalar_one()
+    rows = conn.execute(
+        text("select queued_at, started_at, finished_at from batches where job_id = :j order by seq"), {"j": job_id}
+    ).all()
+
+    def at(t) -> float:
+        return t.timestamp() - start_epoch
+
+    # A batch the worker claimed before the producer recorded the send keeps no queued_at: take its start.
+    queued = min(at(q or s) for q, s, _ in rows)
+    busy = sum(at(f) - at(s) for _, s, f in rows)
+    span = max(at(f) for *_, f in rows) - min(at(s) for _, s, _ in rows)
+    return {
+        "job created": at(job_created),
+        "first batch queued": queued,
+        "first batch started": min(at(s) for _, s, _ in rows),
+        "last batch done": max(at(f) for *_, f in rows),
+        "worker busy": busy,
+        "worker idle between batches": span - busy,
+        "submit exit": wall,
+    }
 
 
 def _device() -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,14 +107,19 @@ def _resize_keep_aspect(pixels: np.ndarray, scale: float) -> np.ndarray:
 def classify_items(model: Any, items: list, opts: ImagingOptions) -> tuple[list[dict], list[dict]]:
     """Classify every item; an image that cannot be read or scored becomes a failure with its reason.
 
+    The stages overlap instead of running one after the other over the whole batch: the decode threads
+    work ahead while the model scores the first ``predict_batch`` decoded images, Grad-CAM runs once that
+    many positives are waiting (or at the end), and each overlay PNG is written by the same threads while
+    the model goes on. Every overlay is on disk before this returns (its path is in the result).
+
     Returns:
         ``(results, failures)`` for :func:`medbatch.db.repository.complete_batch`.
     """
-    from medbatch.ml import xray
-
     size = model.input_size
-    decoded: dict[int, _Decoded] = {}
+    threshold = model.threshold
     failures: list[dict] = []
+    scored: list[tuple[Any, _Decoded, float]] = []
+    heatmaps: dict[int, np.ndarray] = {}
 
     def one(item: Any) -> tuple[Any, _Decoded | None, str | None]:
         try:
@@ -129,66 +134,89 @@ def classify_items(model: Any, items: list, opts: ImagingOptions) -> tuple[list[
             log.warning("item %s: decoder raised %s", item.id, type(exc).__name__)
             return item, None, f"image could not be decoded: {type(exc).__name__}: {exc}"
 
-    with ThreadPoolExecutor(max_workers=opts.decode_threads) as pool:
-        for item, dec, reason in pool.map(one, items):
+    # One pool for decodes and overlays: never more than decode_threads images in memory at full size
+    # (the decode budget counts on it); overlays queue behind the decodes, which the model needs first.
+    pool = ThreadPoolExecutor(max_workers=opts.decode_threads)
+    try:
+        decoding = [pool.submit(one, it) for it in items]
+        waiting: list[tuple[Any, _Decoded]] = []  # decoded, not scored yet
+        explaining: list[tuple[Any, _Decoded]] = []  # positive, no heatmap yet
+        writing: list[Future] = []
+
+        def score_waiting() -> None:
+            probs = model.predict(np.stack([d.model_input for _, d in waiting]))
+            for (it, dec), p in zip(waiting, probs.tolist(), strict=True):
+                scored.append((it, dec, p))
+                if p >= threshold:
+                    explaining.append((it, dec))
+            waiting.clear()
+
+        def explain(at_least: int) -> None:
+            while explaining and len(explaining) >= at_least:
+                chunk = explaining[: opts.predict_batch]
+                del explaining[: len(chunk)]
+                maps = model.gradcam(np.stack([dec.model_input for _, dec in chunk]))
+                for (it, dec), heat in zip(chunk, maps, strict=True):
+                    heatmaps[it.id] = heat
+                    path = heatmap_path(opts.results_dir, it.id)
+                    writing.append(pool.submit(_write_overlay, dec.display, heat, path))
+
+        for future in decoding:
+            item, dec, reason = future.result()
             if dec is None:
                 failures.append(item_failure(item, reason or "unreadable image", stage="decode"))
-            else:
-                decoded[item.id] = dec
-    ok = [it for it in items if it.id in decoded]
-    probs = np.zeros(len(ok), dtype=np.float32)
-    for start in range(0, len(ok), opts.predict_batch):
-        chunk = ok[start : start + opts.predict_batch]
-        probs[start : start + len(chunk)] = model.predict(np.stack([decoded[it.id].model_input for it in chunk]))
+                continue
+            waiting.append((item, dec))
+            if len(waiting) >= opts.predict_batch:
+                score_waiting()
+                explain(opts.predict_batch)
+        if waiting:
+            score_waiting()
+        explain(1)
+        for future in writing:  # PNG encoding (zlib) releases the GIL: written in parallel, before the commit
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [_result(model, it, dec, p, heatmaps.get(it.id), opts) for it, dec, p in scored], failures
+
+
+def _write_overlay(display: np.ndarray, heat: np.ndarray, path: Path) -> Path:
+    from medbatch.ml import xray
+
+    return xray.overlay_png(display, heat, path, caption=OVERLAY_CAPTION)
+
+
+def _result(model: Any, it: Any, dec: _Decoded, p: float, heat: np.ndarray | None, opts: ImagingOptions) -> dict:
+    """The result row of one scored image; ``heat`` (its Grad-CAM map) is given for a positive only."""
+    from medbatch.ml import xray
+
     threshold = model.threshold
-    positive = [i for i, p in enumerate(probs) if p >= threshold]
-    heatmaps: dict[int, np.ndarray] = {}
-    for start in range(0, len(positive), opts.predict_batch):
-        idx = positive[start : start + opts.predict_batch]
-        maps = model.gradcam(np.stack([decoded[ok[i].id].model_input for i in idx]))
-        heatmaps.update({ok[i].id: m for i, m in zip(idx, maps, strict=True)})
-    results: list[dict] = []
-    overlays: list[tuple[np.ndarray, np.ndarray, Path]] = []
-    for it, p in zip(ok, probs.tolist(), strict=True):
-        dec = decoded[it.id]
-        is_pos = p >= threshold
-        detail: dict[str, Any] = {
-            "probability": round(p, 6),
-            "threshold": threshold,
-            "kind": dec.image.kind,
-            "modality": dec.image.modality,
-            "original_size": list(dec.image.original_shape),
-            # what the drift check compares with the training images (pipeline/drift.py reads it back)
-            "input_features": xray.input_features(dec.model_input, dec.image.original_shape),
-            "flags": dec.image.flags,
-            "requires_review": bool(is_pos),
-            "heatmap": None,
-            "findings": None,
-        }
-        if is_pos:
-            heat = heatmaps[it.id]
-            path = heatmap_path(opts.results_dir, it.id)
-            overlays.append((dec.display, heat, path))
-            detail["heatmap"] = str(path.resolve())
-            detail["attention"] = xray.attention_region(heat)
-            detail["findings"] = xray.draft_findings(
-                p, threshold, heat, f"{model.name} {model.version}", dec.image.flags
-            )
-        results.append(
-            {
-                "item_id": it.id,
-                "model_name": model.name,
-                "model_version": model.version,
-                "label": model.positive_label if is_pos else model.negative_label,
-                "score": round(p, 6),
-                "detail": detail,
-            }
-        )
-    # PNG encoding (zlib) releases the GIL: the overlays are written in parallel, before the results
-    # that name them are committed.
-    with ThreadPoolExecutor(max_workers=opts.decode_threads) as pool:
-        list(pool.map(lambda o: xray.overlay_png(*o, caption=OVERLAY_CAPTION), overlays))
-    return results, failures
+    is_pos = p >= threshold
+    detail: dict[str, Any] = {
+        "probability": round(p, 6),
+        "threshold": threshold,
+        "kind": dec.image.kind,
+        "modality": dec.image.modality,
+        "original_size": list(dec.image.original_shape),
+        # what the drift check compares with the training images (pipeline/drift.py reads it back)
+        "input_features": xray.input_features(dec.model_input, dec.image.original_shape),
+        "flags": dec.image.flags,
+        "requires_review": bool(is_pos),
+        "heatmap": None,
+        "findings": None,
+    }
+    if is_pos:
+        detail["heatmap"] = str(heatmap_path(opts.results_dir, it.id).resolve())
+        detail["attention"] = xray.attention_region(heat)
+        detail["findings"] = xray.draft_findings(p, threshold, heat, f"{model.name} {model.version}", dec.image.flags)
+    return {
+        "item_id": it.id,
+        "model_name": model.name,
+        "model_version": model.version,
+        "label": model.positive_label if is_pos else model.negative_label,
+        "score": round(p, 6),
+        "detail": detail,
+    }
 
 
 def classify_batch(

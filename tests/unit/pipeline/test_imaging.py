@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 from sqlalchemy import delete, select, update
 
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.db.tables import Batch, BatchStatus, Item, ItemStatus, Job, Result
-from medbatch.pipeline.imaging import ImagingOptions, classify_batch
+from medbatch.pipeline.imaging import ImagingOptions, classify_batch, classify_items
 from medbatch.producer.submit import submit_images
 from medbatch.producer.synthetic import write_xrays
 from tests.helpers import register_xray
@@ -62,3 +65,61 @@ def test_file_changed_after_submission_is_an_item_error(sqlite_url, tmp_path, xr
     with session_scope(sqlite_url) as s:
         errors = list(repo.iter_errors(s, summary.job_id))
     assert len(errors) == 1 and "changed since it was submitted" in errors[0]["reason"]
+
+
+class _ScriptedModel:
+    """The model contract with scripted probabilities (in scoring order) and a fixed Grad-CAM map: no TensorFlow."""
+
+    name, version, input_size, threshold = "scripted", "1", 32, 0.5
+    positive_label, negative_label = "pneumonia", "normal"
+
+    def __init__(self, probabilities):
+        self.probabilities = list(probabilities)
+        self.predict_sizes: list[int] = []
+        self.gradcam_sizes: list[int] = []
+
+    def predict(self, x):
+        self.predict_sizes.append(len(x))
+        return np.array([self.probabilities.pop(0) for _ in range(len(x))], dtype=np.float32)
+
+    def gradcam(self, x):
+        self.gradcam_sizes.append(len(x))
+        ramp = np.linspace(0, 1, self.input_size, dtype=np.float32)
+        return np.tile(np.outer(ramp, ramp), (len(x), 1, 1))
+
+
+def test_stages_overlap_yet_every_image_gets_one_outcome_and_every_positive_its_overlay(tmp_path):
+    # Given twelve radiographs (one of them changed since submission) and a file that is no image
+    files = sorted(write_xrays(tmp_path / "imgs", 6, size=40, seed=3))
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    paths = [*files[:4], tmp_path / "junk.png", *files[4:]]
+    items = []
+    for i, p in enumerate(paths):
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        if i == 8:
+            digest = "0" * 64  # not what is on disk now
+        items.append(
+            SimpleNamespace(
+                id=100 + i,
+                payload={"path": str(p), "sha256": digest},
+                source_uri=str(p),
+                source_row=None,
+                patient_ref=None,
+            )
+        )
+    # and a model whose every third scored image is negative
+    decodable = len(items) - 2
+    model = _ScriptedModel([0.1 if i % 3 == 0 else 0.9 for i in range(decodable)])
+    opts = ImagingOptions(results_dir=tmp_path / "results", decode_threads=2, predict_batch=3)
+    # When the batch is classified with the stages overlapping
+    results, failures = classify_items(model, items, opts)
+    # Then each item has exactly one outcome, the unreadable ones a reason
+    assert sorted([r["item_id"] for r in results] + [f["item_id"] for f in failures]) == [it.id for it in items]
+    assert {f["item_id"]: f["stage"] for f in failures} == {104: "decode", 108: "decode"}
+    # and the model saw compiled-size chunks: scoring as images were decoded, Grad-CAM once enough positives waited
+    assert model.predict_sizes == [3, 3, 3, 2] and model.gradcam_sizes == [3, 3, 1]
+    positives = [r for r in results if r["label"] == "pneumonia"]
+    assert len(positives) == 7 and all(r["score"] >= 0.5 for r in positives)
+    # and every positive's overlay is on disk when the results are handed over; negatives have none
+    assert all(Path(r["detail"]["heatmap"]).is_file() and r["detail"]["findings"] for r in positives)
+    assert all(r["detail"]["heatmap"] is None for r in results if r["label"] == "normal")
