@@ -9,8 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-#: Seconds between two looks at the database while waiting.
+#: Seconds between two looks at the database while waiting (each look counts the job's items by state).
 DEFAULT_POLL_S = 1.0
+#: Seconds between two glances at the jobs' own rows in between (a primary-key read): a finished job is seen
+#: within this, not up to a whole poll later (half a second on average, a tenth of a small X-ray folder's run).
+GLANCE_S = 0.1
 #: What :func:`job_status` adds to the cheap counts that each look of a wait reports (``repository.job_counts``).
 STATUS_ONLY_KEYS = ("labels", "drift")
 
@@ -107,7 +110,20 @@ def wait_for_jobs(
             on_progress(latest)
         if all(is_finished(c) for c in latest.values()) or (deadline is not None and time.monotonic() >= deadline):
             return {job_id: job_status(database_url, job_id, measure_missing=measure_missing) for job_id in ids}
-        time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+        _nap(database_url, ids, poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+
+
+def _nap(database_url: str, job_ids: list[int], seconds: float) -> None:
+    """Sleep ``seconds``, ending early once every job's own row says it has finished (glanced at every GLANCE_S)."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(GLANCE_S, left))
+        with session_scope(database_url) as s:
+            if all(is_finished({"status": repo.get_job(s, j).status}) for j in job_ids):
+                return
 
 
 def wait_for_job(
