@@ -69,6 +69,40 @@ def test_sampling_is_deterministic_for_a_seed_and_varies_with_it(generator):
     assert sum(ch in "CNOcnos()=123" for ch in text) > 0.7 * len(text)
 
 
+def teacher_forced_nll(keras_model, ids: np.ndarray, temperature: float) -> np.ndarray:
+    """Each sequence's NLL from one forward pass over its tokens (begin token first), as training scores it."""
+    inputs = np.concatenate([np.ones((len(ids), 1), np.int32), ids[:, :-1]], axis=1)
+    logits = keras_model.predict(np.where(inputs == 0, 2, inputs), verbose=0).astype(np.float64) / temperature
+    logits[..., :2] = -np.inf  # padding and begin are never drawn
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    return -np.where(ids != 0, np.take_along_axis(logp, ids[..., None], -1)[..., 0], 0.0).sum(1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_each_sample_carries_its_nll_as_teacher_forcing_scores_it(generator, temperature):
+    ids, nll = generator.sample_ids_nll(32, seed=4, temperature=temperature)
+    assert np.array_equal(ids, generator.sample_ids(32, seed=4, temperature=temperature))  # same draws
+    np.testing.assert_allclose(nll, teacher_forced_nll(generator.keras_model, ids, temperature), atol=1e-6)
+    samples = generator.sample(32, seed=4, temperature=temperature)
+    assert [g.nll for g in samples] == [round(float(v), 4) for v in nll] and all(g.tokens > 0 for g in samples)
+
+
+def test_a_gru_model_samples_through_the_same_sampler(generator):
+    # the sampler finds recurrent layers by what they are (a cell), not by name: a GRU CharRNN samples too
+    import keras
+
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(generator.vocab.size, 8, name="embedding")(tokens)
+    x = keras.layers.GRU(12, return_sequences=True, name="gru_1")(x)
+    x = keras.layers.LSTM(10, return_sequences=True, name="lstm_2")(x)
+    model = keras.Model(tokens, keras.layers.Dense(generator.vocab.size, name="logits")(x))
+    gru = molecules.MoleculeGenerator("m", "1", model, generator.vocab, {})
+    assert gru._state_shapes() == [12, 10, 10]
+    ids, nll = gru.sample_ids_nll(6, seed=1, max_tokens=12)
+    np.testing.assert_allclose(nll, teacher_forced_nll(model, ids, 1.0), atol=1e-6)
+
+
 def test_sampling_validates_temperature_and_handles_nothing_to_do(generator):
     with pytest.raises(InvalidInput, match="temperature"):
         generator.sample(4, seed=0, temperature=0)
