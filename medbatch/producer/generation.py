@@ -113,7 +113,8 @@ def _whole(value: Any, name: str, lo: int, hi: int) -> int:
 
 
 def request_from_json(data: Any) -> dict[str, Any]:
-    """A generation request from decoded JSON, every value checked for its type and range (before
+    """A generation request from decoded JSON (``count``, optional ``seed``, ``temperature``, ``max_samples``,
+    ``allow_known``, ``min_likelihood``), every value checked for its type and range (before
     :func:`validate_request` checks the rest).
 
     Raises:
@@ -135,15 +136,18 @@ def request_from_json(data: Any) -> dict[str, Any]:
     if min_likelihood is not None and (type(min_likelihood) not in (int, float) or not math.isfinite(min_likelihood)):
         raise InvalidInput("min_likelihood must be a number (a log-likelihood in nats, 0 or below)")
     count = _whole(data["count"], "count", 1, MAX_COUNT)
-    max_samples = data.get("max_samples")
-    return {
+    request = {
         "count": count,
         "seed": _whole(data.get("seed", 0), "seed", 0, MAX_SEED),
         "temperature": float(temperature),
-        "max_samples": None if max_samples is None else _whole(max_samples, "max_samples", count, MAX_SAMPLES),
-        "allow_known": allow_known,
-        "min_likelihood": None if min_likelihood is None else float(min_likelihood),
     }
+    if data.get("max_samples") is not None:  # the optional ones only when given: submit's defaults otherwise
+        request["max_samples"] = _whole(data["max_samples"], "max_samples", count, MAX_SAMPLES)
+    if allow_known:
+        request["allow_known"] = True
+    if min_likelihood is not None:
+        request["min_likelihood"] = float(min_likelihood)
+    return request
 
 
 def expected_yield(model_metrics: dict[str, Any] | None, *, allow_known: bool = False) -> float:

@@ -70,3 +70,14 @@ def test_top_ups_are_sized_from_the_jobs_own_yield_within_the_budget():
     assert [it["payload"]["slot"] for b in rounds for it in b] == list(range(100, 146))
     assert {it["payload"]["n"] for it in rounds[1]} == {6} and rounds[1][0]["payload"]["k"] == 0
     assert rounds == top_up_items(options, first_slot=100, first_seq=3, samples=46)  # a re-run stages the same
+
+
+def test_a_nightly_request_may_name_the_budget_known_molecules_and_a_likelihood_floor():
+    from medbatch.producer.generation import request_from_json
+
+    given = {"count": 5, "max_samples": 20, "allow_known": True, "min_likelihood": -30}
+    assert request_from_json(given) == {"seed": 0, "temperature": 1.0, **given, "min_likelihood": -30.0}
+    assert request_from_json({"count": 5}) == {"count": 5, "seed": 0, "temperature": 1.0}
+    for bad in ({"max_samples": 4}, {"allow_known": 1}, {"min_likelihood": "low"}):
+        with pytest.raises(InvalidInput):
+            request_from_json({"count": 5, **bad})
