@@ -19,7 +19,6 @@ from medbatch.ml.moses import MOSES_CHARRNN
 from medbatch.nightly import night_of
 from medbatch.summary import collect, render
 
-
 METRICS = {
     "generated": 12,
     "valid": 1,
