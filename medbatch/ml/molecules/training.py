@@ -255,6 +255,19 @@ def _data_digest(smiles: Sequence[str]) -> str:
 CHECKPOINT_FORMAT = "medbatch-molecules-checkpoint-1"
 
 
+def _same_run(saved: dict[str, Any], run: dict[str, Any]) -> bool:
+    """The same data, seed, vocabulary and settings; only the number of epochs may differ.
+
+    Asking a finished (or interrupted) run for more epochs continues it: the cosine schedule is stretched
+    over the new total, so the learning rate steps back up to where the longer run would be and decays again.
+    """
+
+    def without_epochs(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "config": {k: v for k, v in (r.get("config") or {}).items() if k != "epochs"}}
+
+    return without_epochs(saved) == without_epochs(run)
+
+
 class _Checkpoint:
     """A training run's resumable state in one folder: ``state.json``, the weights, the optimizer's variables."""
 
@@ -280,10 +293,14 @@ class _Checkpoint:
         if not path.exists():
             return None
         body = json.loads(path.read_text())
-        if body.get("format") != CHECKPOINT_FORMAT or body.get("run") != self.run:
+        if body.get("format") != CHECKPOINT_FORMAT or not _same_run(body.get("run") or {}, self.run):
             raise InvalidInput(
                 f"{self.directory} holds a checkpoint of another training run (data, settings or seed differ); "
                 "use another --checkpoint-dir or delete it"
+            )
+        if body["epoch"] > self.run["config"]["epochs"]:
+            raise InvalidInput(
+                f"{self.directory} holds a run already trained for {body['epoch']} epoch(s); ask for at least that many"
             )
         model.load_weights(self.directory / "weights.weights.h5")
         optimizer.build(model.trainable_variables)

@@ -44,3 +44,15 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     molecules.train_generator(SMILES, config=CONFIG, seed=2, checkpoint_dir=tmp_path, time_budget_s=0.0)
     with pytest.raises(InvalidInput, match="another training run"):
         molecules.train_generator(SMILES, config=CONFIG, seed=3, checkpoint_dir=tmp_path)
+
+
+def test_asking_a_finished_run_for_more_epochs_continues_it(tmp_path):
+    one = molecules.MolConfig(**{**CONFIG.__dict__, "epochs": 1})
+    first = molecules.train_generator(SMILES, config=one, seed=2, checkpoint_dir=tmp_path)
+    lines: list[str] = []
+    more = molecules.train_generator(SMILES, config=CONFIG, seed=2, checkpoint_dir=tmp_path, log=lines.append)
+    assert any("epoch 2/2" in line for line in lines) and not any("epoch 1/2 step" in line for line in lines)
+    assert [h["epoch"] for h in more.meta["history"]] == [1, 2]
+    assert more.meta["history"][0] == first.meta["history"][0]
+    with pytest.raises(InvalidInput, match="already trained for 2"):
+        molecules.train_generator(SMILES, config=one, seed=2, checkpoint_dir=tmp_path)
