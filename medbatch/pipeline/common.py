@@ -100,13 +100,21 @@ def run_batch(
     The summary carries the seconds spent claiming and loading, scoring, and writing (``timings``).
     """
     started = time.perf_counter()
-    with session_scope(database_url) as s:  # claim and read in one transaction
+    with session_scope(database_url) as s:  # the claim alone: the batch row (SQLite: the database) is locked briefly
         repo.check_instance(s, expected_db)
         claim = repo.claim_batch(s, batch_id, max_attempts=max_attempts, workloads=workloads)
-        items = load(s, batch_id) if claim is not None else []
     if claim is None:
         log.info("batch %s already finished; nothing written", batch_id)
         return {"batch_id": batch_id, "status": "skipped"}
+    # Read outside the claim's transaction: a producer marking this batch queued (it is sent before that is
+    # recorded) waited for the lock while 10,000 items were read. Only pending items are read, and every write
+    # is idempotent, so a second claim running at the same time writes nothing twice.
+    try:
+        with session_scope(database_url) as s:
+            items = load(s, batch_id)
+    except RetryableError as exc:
+        release_claim(database_url, batch_id, str(exc))
+        raise
     loaded = time.perf_counter()
     try:
         try:
