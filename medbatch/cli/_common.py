@@ -176,7 +176,10 @@ def sender():
     return celery_sender(create_app(settings), settings.database_url)
 
 
-BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Items per batch message \\[default: 500].")]
+BatchSize = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Items per batch message \\[default: MEDBATCH_BATCH_SIZE, 10000]."),
+]
 IdColumn = Annotated[
     str | None, typer.Option(help="Column holding the patient identifier (default: patient_id, mrn...).")
 ]
