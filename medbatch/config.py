@@ -80,6 +80,10 @@ class Settings(BaseSettings):
         d.REPORT_POLL_INTERVAL_S, gt=0, description="Batch API polling interval (overnight mode)"
     )
 
+    molecule_batch_size: int = Field(
+        d.MOLECULE_BATCH_SIZE, ge=1, le=10_000, description="molecules sampled per message"
+    )
+
     # Imaging (X-ray) workload.
     imaging_batch_size: int = Field(d.IMAGING_BATCH_SIZE_IMAGES, ge=1, le=10_000, description="images per message")
     imaging_predict_batch: int = Field(

@@ -74,6 +74,11 @@ REPORT_BATCH_SIZE_ITEMS = 5
 #: Batch API polling interval in overnight mode, seconds.
 REPORT_POLL_INTERVAL_S = 60.0
 
+# --- molecules ------------------------------------------------------------------------------------
+#: Molecules sampled per batch message: small enough that two worker children share a 10k job (the
+#: tabular BATCH_SIZE_ITEMS, 10,000, would make it one message) and a re-delivered batch is cheap.
+MOLECULE_BATCH_SIZE = 500
+
 # --- imaging (X-ray) ------------------------------------------------------------------------------
 #: Images per batch message.
 IMAGING_BATCH_SIZE_IMAGES = 64

@@ -404,7 +404,7 @@ def _submit(workload: str, members: list[Candidate], inbox: Path, cfg: NightlyCo
         return submit_molecules(
             database_url=cfg.database_url,
             send=send,
-            batch_size=default_batch_size(cfg.batch_size),
+            batch_size=default_batch_size(cfg.molecule_batch_size),
             submitted_by="nightly",
             **request,
         )

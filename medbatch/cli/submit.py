@@ -243,7 +243,8 @@ def submit_molecules(
         float, typer.Option(help="Sampling temperature, 0.05 to 3.0: 1.0 samples the model as trained.")
     ] = 1.0,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Molecules per batch message \\[default: MEDBATCH_BATCH_SIZE].")
+        int | None,
+        typer.Option("--batch-size", help="Molecules per batch message \\[default: MEDBATCH_MOLECULE_BATCH_SIZE]."),
     ] = None,
     max_samples: Annotated[
         int | None,
@@ -274,7 +275,7 @@ def submit_molecules(
         count=count,
         seed=seed,
         temperature=temperature,
-        batch_size=batch_size or default_batch_size(get_settings().batch_size),
+        batch_size=batch_size or default_batch_size(get_settings().molecule_batch_size),
         max_samples=max_samples,
         allow_known=allow_known,
         min_likelihood=min_likelihood,

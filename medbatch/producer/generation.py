@@ -65,8 +65,8 @@ def batch_seed(job_seed: int, seq: int) -> int:
 
 
 def default_batch_size(setting: int) -> int:
-    """The batch size of a request that names none: ``MEDBATCH_BATCH_SIZE``, at most :data:`MAX_BATCH_ITEMS`
-    (the setting also sizes tabular batches, where up to 100,000 is allowed)."""
+    """The batch size of a request that names none: ``MEDBATCH_MOLECULE_BATCH_SIZE``, at most
+    :data:`MAX_BATCH_ITEMS`."""
     return min(setting, MAX_BATCH_ITEMS)
 
 
@@ -247,7 +247,7 @@ def submit_molecules(
     count: int,
     seed: int = 0,
     temperature: float = 1.0,
-    batch_size: int = defaults.BATCH_SIZE_ITEMS,
+    batch_size: int = defaults.MOLECULE_BATCH_SIZE,
     max_samples: int | None = None,
     allow_known: bool = False,
     min_likelihood: float | None = None,
