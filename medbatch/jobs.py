@@ -14,6 +14,8 @@ DEFAULT_POLL_S = 1.0
 #: Seconds between two glances at the jobs' own rows in between (a primary-key read): a finished job is seen
 #: within this, not up to a whole poll later (half a second on average, a tenth of a small X-ray folder's run).
 GLANCE_S = 0.1
+#: How long a wait that measures what is missing first lets the job's worker store its metrics, seconds.
+MEASURE_GRACE_S = 30.0
 #: What :func:`job_status` adds to the cheap counts that each look of a wait reports (``repository.job_counts``).
 STATUS_ONLY_KEYS = ("labels", "drift")
 
@@ -109,8 +111,35 @@ def wait_for_jobs(
         if on_progress is not None:
             on_progress(latest)
         if all(is_finished(c) for c in latest.values()) or (deadline is not None and time.monotonic() >= deadline):
+            if measure_missing:
+                _await_worker_metrics(database_url, latest)
             return {job_id: job_status(database_url, job_id, measure_missing=measure_missing) for job_id in ids}
         _nap(database_url, ids, poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+
+
+def _await_worker_metrics(database_url: str, latest: dict[int, dict], grace_s: float | None = None) -> None:
+    """Give the worker that finished a job up to ``grace_s`` to store its metrics (drift, MOSES) before the
+    caller measures them itself: measuring in the producer too would repeat the work (on 1M rows, seconds and
+    a model loaded into the producer) for a figure the worker is writing anyway."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+
+    measured = set(repo.DRIFT_WORKLOADS) | {"molecules"}
+    # A job whose worker ended it normally; a failed job (or one the producer ended) has no worker measuring it.
+    ended_by_worker = ("completed", "completed_with_errors")
+    waiting = [
+        j
+        for j, c in latest.items()
+        if c["status"] in ended_by_worker
+        and c["items_done"] > 0
+        and c["workload"] in measured
+        and c.get("metrics") is None
+    ]
+    end = time.monotonic() + (MEASURE_GRACE_S if grace_s is None else grace_s)
+    while waiting and time.monotonic() < end:
+        time.sleep(GLANCE_S * 2)
+        with session_scope(database_url) as s:
+            waiting = [j for j in waiting if repo.get_job(s, j).metrics is None]
 
 
 def _nap(database_url: str, job_ids: list[int], seconds: float) -> None:
