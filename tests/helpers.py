@@ -199,3 +199,30 @@ def fhir_rows() -> dict[str, dict]:
                    "model_name": "offline:template", "model_version": "v3", "detail": {},
                    "report_text": "Condition: hypertension. Follow-up: 3 months. Ünïcode."},
     }  # fmt: skip
+
+
+def job_with_results(db_url: str, workload: str, details: list[dict]) -> int:
+    """A job of ``workload`` whose results carry ``details``, in this order (staged and written directly)."""
+    from medbatch.db import repository as repo
+    from medbatch.db.session import session_scope
+
+    with session_scope(db_url) as s:
+        job = repo.create_job(s, workload=workload, source_uri="test", model_name="m", model_version="1")
+        batch = repo.stage_batch(
+            s,
+            job_id=job,
+            seq=0,
+            queue=workload,
+            items=[
+                {"item_key": f"k{i}", "source_uri": "test", "source_row": i + 1, "patient_ref": None, "payload": {}}
+                for i in range(len(details))
+            ],
+        )
+        items = repo.load_pending_items(s, batch)
+        results = [
+            {"item_id": it.id, "model_name": "m", "model_version": "1", "label": "x", "score": 0.5, "detail": d}
+            for it, d in zip(items, details, strict=True)
+        ]
+        repo.complete_batch(s, batch_id=batch, job_id=job, results=results)
+        repo.finish_staging(s, job)
+    return job

@@ -12,6 +12,7 @@ from medbatch.db import repository as repo
 from medbatch.db.migrate import alembic_config, current_revision, upgrade
 from medbatch.db.session import get_engine, session_scope
 from medbatch.db.tables import Base, include_object_for
+from tests.helpers import job_with_results
 
 pytestmark = pytest.mark.integration
 
@@ -27,28 +28,6 @@ def _downgrade(url: str, revision: str) -> None:
         cfg = alembic_config(url)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
-
-
-def _job_with_details(url: str, details: list[dict]) -> int:
-    with session_scope(url) as s:
-        job = repo.create_job(s, workload="xray", source_uri="test", model_name="m", model_version="1")
-        batch = repo.stage_batch(
-            s,
-            job_id=job,
-            seq=0,
-            queue="imaging",
-            items=[
-                {"item_key": f"k{i}", "source_uri": "test", "source_row": None, "patient_ref": None, "payload": {}}
-                for i in range(len(details))
-            ],
-        )
-        items = repo.load_pending_items(s, batch)
-        results = [
-            {"item_id": it.id, "model_name": "m", "model_version": "1", "label": "x", "score": 0.5, "detail": d}
-            for it, d in zip(items, details, strict=True)
-        ]
-        repo.complete_batch(s, batch_id=batch, job_id=job, results=results)
-    return job
 
 
 def _detail_type(url: str) -> str | None:
@@ -67,8 +46,9 @@ def test_migrated_schema_matches_models(db_url):
 
 def test_detail_survives_0009_down_and_up_and_answers_containment(db_url):
     # Given results written at head, one flagged for review and one not
-    job = _job_with_details(
+    job = job_with_results(
         db_url,
+        "xray",
         [
             {"requires_review": True, "attention": "right lower zone", "probability": 0.91, "flags": ["inverted"]},
             {"requires_review": False, "probability": 0.12, "flags": []},

@@ -16,32 +16,9 @@ from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.db.tables import Result
 from medbatch.export import result_columns, write_rows
+from tests.helpers import job_with_results
 
 BERLIN = ZoneInfo("Europe/Berlin")
-
-
-def _job_with_results(db_url: str, workload: str, details: list[dict]) -> int:
-    """A job of ``workload`` whose results carry ``details``, in this order (staged and written directly)."""
-    with session_scope(db_url) as s:
-        job = repo.create_job(s, workload=workload, source_uri="test", model_name="m", model_version="1")
-        batch = repo.stage_batch(
-            s,
-            job_id=job,
-            seq=0,
-            queue=workload,
-            items=[
-                {"item_key": f"k{i}", "source_uri": "test", "source_row": i + 1, "patient_ref": None, "payload": {}}
-                for i in range(len(details))
-            ],
-        )
-        items = repo.load_pending_items(s, batch)
-        results = [
-            {"item_id": it.id, "model_name": "m", "model_version": "1", "label": "x", "score": 0.5, "detail": d}
-            for it, d in zip(items, details, strict=True)
-        ]
-        repo.complete_batch(s, batch_id=batch, job_id=job, results=results)
-        repo.finish_staging(s, job)
-    return job
 
 
 def _export(db_url: str, job: int, fmt: str, out) -> int:
@@ -52,7 +29,7 @@ def _export(db_url: str, job: int, fmt: str, out) -> int:
 
 def test_a_duplicate_found_after_the_first_molecule_reaches_the_csv(db_url, tmp_path):
     # Given a molecule job whose first result is unique and whose third repeats the first
-    job = _job_with_results(
+    job = job_with_results(
         db_url,
         "molecules",
         [
@@ -72,7 +49,7 @@ def test_a_duplicate_found_after_the_first_molecule_reaches_the_csv(db_url, tmp_
 
 def test_xray_attention_survives_a_negative_first_image(db_url, tmp_path):
     # Given an X-ray job whose first image is negative (no attention region) and whose second is flagged
-    job = _job_with_results(
+    job = job_with_results(
         db_url,
         "xray",
         [
@@ -92,7 +69,7 @@ def test_xray_attention_survives_a_negative_first_image(db_url, tmp_path):
 
 
 def test_result_detail_keys_reads_every_key_and_class(db_url):
-    job = _job_with_results(
+    job = job_with_results(
         db_url,
         "risk",
         [{"probabilities": {"low": 0.7, "high": 0.3}}, {"probabilities": {"medium": 1.0}, "note": "n"}, {}],
@@ -120,7 +97,7 @@ def _created_at(db_url: str, job: int) -> list[datetime]:
 
 def test_times_are_aware_and_shown_in_the_configured_zone_on_every_database(db_url, tmp_path):
     # Given a job scored now, and a time written with another offset (10:00 in Berlin is 09:00 UTC)
-    job = _job_with_results(db_url, "risk", [{"probabilities": {"low": 1.0}}])
+    job = job_with_results(db_url, "risk", [{"probabilities": {"low": 1.0}}])
     with session_scope(db_url) as s:
         s.execute(
             update(Result).where(Result.job_id == job).values(created_at=datetime(2026, 12, 1, 10, tzinfo=BERLIN))
@@ -156,7 +133,7 @@ def test_parquet_columns_are_typed_even_when_the_first_row_group_has_no_value(db
         {"smiles": "CCN", "qed": 1, "slot": 1, "valid": False, "original_size": [3, 4]},
         {"smiles": "CCO", "qed": 0.4, "slot": 2, "valid": True, "original_size": [5, 6], "duplicate_of": 7},
     ]
-    job = _job_with_results(db_url, "molecules", details)
+    job = job_with_results(db_url, "molecules", details)
     # When it is exported as Parquet in row groups of two rows (so the first group has no duplicate_of)
     monkeypatch.setattr(export, "PARQUET_ROWS", 2)
     out = tmp_path / "m.parquet"
@@ -183,7 +160,7 @@ def test_parquet_columns_are_typed_even_when_the_first_row_group_has_no_value(db
 
 
 def test_an_empty_parquet_export_still_has_typed_columns(db_url, tmp_path):
-    job = _job_with_results(db_url, "risk", [])
+    job = job_with_results(db_url, "risk", [])
     out = tmp_path / "e.parquet"
     assert write_rows(_rows(db_url, job), "parquet", out, empty_columns=export.RESULT_COLUMNS) == 0
     schema = pq.read_schema(out)
