@@ -229,6 +229,7 @@ class NightlyConfig:
     batch_size: int
     imaging_batch_size: int
     report_batch_size: int
+    molecule_batch_size: int
     llm_provider: str
     llm_model: str
     input_roots: tuple[Path, ...] | None
@@ -244,6 +245,7 @@ class NightlyConfig:
             batch_size=settings.batch_size,
             imaging_batch_size=settings.imaging_batch_size,
             report_batch_size=settings.report_batch_size,
+            molecule_batch_size=settings.molecule_batch_size,
             llm_provider=settings.resolved_llm_provider(),
             llm_model=settings.llm_model,
             input_roots=settings.allowed_input_roots(),

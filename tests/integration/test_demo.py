@@ -57,9 +57,11 @@ def test_demo_runs_the_main_job_with_its_own_redis(tmp_path):
     assert len(xrays) == 16 and {r["label"] for r in xrays} <= {"normal", "pneumonia"}
     errors = list(csv.DictReader(next((tmp_path / "medbatch-demo").glob("errors-xray-*.csv")).open()))
     assert [e["source_uri"].rsplit("/", 1)[-1] for e in errors] == ["readme.txt"]
-    # The molecule job: 100 generations from the shipped model, one row each, metrics in the summary
+    # The molecule job: 100 molecules delivered by the shipped model, every sample a row with its outcome and NLL
     molecules = list(csv.DictReader(results["molecules"].open()))
-    assert len(molecules) == 100 and sum(1 for m in molecules if m["label"]) > 0
+    delivered = [m for m in molecules if m["outcome"] == "delivered"]
+    assert len(delivered) == 100 and len({m["label"] for m in delivered}) == 100
+    assert len(molecules) >= 100 and all(float(m["nll"]) > 0 for m in molecules)
     assert "MOSES CharRNN" in run.stderr and "generated" in run.stderr
     models = subprocess.run(
         [sys.executable, "-m", "medbatch.cli", "models", "--json"],

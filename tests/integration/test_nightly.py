@@ -51,7 +51,7 @@ def test_nightly_takes_the_inbox_once_and_says_what_needs_a_human(
     night = json.loads(run.stdout)
     jobs = {j["workload"]: j for j in night["jobs"]}
     assert sorted(jobs) == ["molecules", "risk", "treatment", "xray"]
-    assert jobs["molecules"]["items_staged"] == 40
+    assert jobs["molecules"]["items_staged"] >= 40  # 40 to deliver: the first round samples more, at the card's yield
     assert jobs["xray"]["items_staged"] == 6 and jobs["treatment"]["items_staged"] == 80
     assert all(j["status"] in ("completed", "completed_with_errors") for j in night["jobs"])
     assert jobs["risk"]["rejected"] > 0
