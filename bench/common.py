@@ -1,7 +1,10 @@
-"""What every benchmark sets up the same way: a database of its own, dropped at the end."""
+"""What every benchmark does the same way: a database of its own, dropped at the end; a timed ``submit --wait``."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -40,3 +43,17 @@ class BenchDatabase:
         with engine.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{self._name}" WITH (FORCE)'))
         engine.dispose()
+
+
+def timed_submit(argv: list[str], env: dict) -> tuple[float, dict]:
+    """Run a ``medbatch submit ... --json --wait`` command line as a person does; (wall seconds, its JSON summary).
+
+    Raises:
+        SystemExit: the command did not exit 0 (its stderr).
+    """
+    start = time.perf_counter()
+    run = subprocess.run(argv, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if run.returncode != 0:
+        raise SystemExit(f"submit failed: {run.stderr}")
+    return wall, json.loads(run.stdout)

@@ -15,7 +15,6 @@ Grad-CAM overlays for the same positives, run in the same process as this script
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BenchDatabase  # noqa: E402
+from bench.common import BenchDatabase, timed_submit  # noqa: E402
 from bench.tabular import PeakRss  # noqa: E402
 from medbatch.producer.synthetic import synthetic_xray, write_synthetic_dicom  # noqa: E402
 
@@ -195,19 +194,14 @@ def main() -> None:
         worker_rss = PeakRss(worker.pid)
         worker_cpu, submit_cpu = _tree_cpu(worker.pid), _children_cpu()
         start_epoch = time.time()
-        start = time.perf_counter()
-        run = subprocess.run(
-            [*medbatch, "submit", "xray", str(folder), "--json", "--wait", "--batch-size", str(args.batch_size)],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        wall = time.perf_counter() - start
-        worker_cpu, submit_cpu = _tree_cpu(worker.pid) - worker_cpu, _children_cpu() - submit_cpu
-        w_peak = worker_rss.stop()
-        if run.returncode != 0:
-            raise SystemExit(f"submit failed: {run.stderr}")
-        summary = json.loads(run.stdout)
+        try:
+            wall, summary = timed_submit(
+                [*medbatch, "submit", "xray", str(folder), "--json", "--wait", "--batch-size", str(args.batch_size)],
+                env,
+            )
+        finally:
+            worker_cpu, submit_cpu = _tree_cpu(worker.pid) - worker_cpu, _children_cpu() - submit_cpu
+            w_peak = worker_rss.stop()
         child_rss = [p.memory_info().rss for p in psutil.Process(worker.pid).children(recursive=True)]
         parent_rss = psutil.Process(worker.pid).memory_info().rss
     finally:

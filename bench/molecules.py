@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BenchDatabase  # noqa: E402
+from bench.common import BenchDatabase, timed_submit  # noqa: E402
 from bench.tabular import PeakRss  # noqa: E402
 
 
@@ -70,21 +70,14 @@ def tree_cpu_s(pid: int) -> float:
 
 def submit(medbatch: list[str], env: dict, args: argparse.Namespace) -> tuple[float, dict]:
     """``submit molecules --count N --wait`` as a person runs it; returns (wall seconds, its JSON summary)."""
-    start = time.perf_counter()
-    run = subprocess.run(
+    return timed_submit(
         [
             *medbatch,
             *("submit", "molecules", "--count", str(args.count), "--seed", str(args.seed)),
             *("--temperature", str(args.temperature), "--batch-size", str(args.batch_size), "--json", "--wait"),
         ],
-        env=env,
-        capture_output=True,
-        text=True,
+        env,
     )
-    wall = time.perf_counter() - start
-    if run.returncode != 0:
-        raise SystemExit(f"submit failed: {run.stderr}")
-    return wall, json.loads(run.stdout)
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BenchDatabase  # noqa: E402
+from bench.common import BenchDatabase, timed_submit  # noqa: E402
 from medbatch.ml.reports import build_messages, minimum_necessary  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
@@ -109,17 +108,10 @@ def main() -> None:
         )
         try:
             time.sleep(6)
-            start = time.perf_counter()
-            run = subprocess.run(
+            wall, summary = timed_submit(
                 [*medbatch, "submit", "report", str(facts), "--json", "--wait", "--batch-size", str(args.batch_size)],
-                env=env,
-                capture_output=True,
-                text=True,
+                env,
             )
-            wall = time.perf_counter() - start
-            if run.returncode != 0:
-                raise SystemExit(f"submit failed: {run.stderr}")
-            summary = json.loads(run.stdout)
         finally:
             worker.terminate()
             worker.wait(timeout=60)

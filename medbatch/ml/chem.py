@@ -431,11 +431,13 @@ def evaluate_generator(
     temperature: float = 1.0,
     training_set: TrainingSet | None = None,
     chunk: int = 1000,
+    measure_fcd: bool = False,
 ) -> dict[str, Any]:
     """Sample ``n`` strings from ``generator`` (``chunk`` at a time, seeds derived from ``seed``), score
     them and return :func:`set_metrics` (the raw model row) plus ``delivered`` (:func:`delivery_metrics`: what
     a job would deliver of these samples, every distinct valid novel filter-passing one) and the sampling
-    and scoring times."""
+    and scoring times. ``measure_fcd`` adds FCD/Test over the same sample's valid molecules
+    (:func:`medbatch.ml.fcd.fcd_block`; the ``eval`` extra, evaluation only)."""
     import time
 
     training_set = training_set if training_set is not None else moses_training_set()
@@ -463,4 +465,8 @@ def evaluate_generator(
         score_s=round(score_s, 2),
         examples=[r["canonical"] for r in records if r.get("canonical")][:10],
     )
+    if measure_fcd:
+        from medbatch.ml.fcd import fcd_block
+
+        metrics.update(fcd_block([r["canonical"] for r in records if r["valid"]], samples=n))
     return metrics

@@ -16,7 +16,6 @@ import numpy as np
 from medbatch.errors import InvalidInput
 from medbatch.ml import chem
 from medbatch.ml.artifacts import atomic_write, tf_module
-from medbatch.ml.fcd import generator_fcd
 from medbatch.ml.molecules.artifact import ARTIFACT_FORMAT
 from medbatch.ml.molecules.model import MolConfig, MoleculeGenerator, build_model
 from medbatch.ml.molecules.tokens import Vocabulary
@@ -360,10 +359,8 @@ def train_on_moses(
         "n_validation": trained.meta["n_validation"],
     }
     if eval_samples:
-        log(f"sampling {eval_samples:,} molecules and scoring them with RDKit ...")
-        metrics["generated"] = chem.evaluate_generator(generator, n=eval_samples, seed=seed)
-        log("computing FCD/Test (the MOSES benchmark's ChemNet) ...")
-        metrics["generated"].update(generator_fcd(generator, n=eval_samples, seed=seed))
+        log(f"sampling {eval_samples:,} molecules, scoring them with RDKit, FCD/Test where the eval extra is ...")
+        metrics["generated"] = chem.evaluate_generator(generator, n=eval_samples, seed=seed, measure_fcd=True)
     trained.meta.update(
         metrics=metrics,
         training_source=(

@@ -57,6 +57,11 @@ def test_fcd_is_lower_for_test_like_molecules_than_for_a_narrow_set():
     assert far > 10 * close
 
 
-def test_fcd_unavailable_explains_itself_or_is_none():
+def test_without_the_eval_extra_fcd_is_reported_as_not_computed_with_the_extra_named(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(fcd.importlib.util, "find_spec", lambda name: None if name == "fcd_torch" else real(name))
     why = fcd.fcd_unavailable()
-    assert why is None or "medbatch[eval]" in why
+    assert why is not None and "fcd_torch" in why and "medbatch[eval]" in why
+    assert fcd.fcd_block(["CCO", "c1ccccc1"], samples=2) == {"fcd_test": None, "fcd_note": why}
+    with pytest.raises(ValueError, match="medbatch\\[eval\\]"):
+        fcd.fcd_test(["CCO", "c1ccccc1"])
