@@ -24,6 +24,15 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` up to ``revision``; safe to run from several processes at once."""
+    _run(url, command.upgrade, revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the database at ``url`` back to ``revision`` (tests of the migrations; no command offers it)."""
+    _run(url, command.downgrade, revision)
+
+
+def _run(url: str, step, revision: str) -> None:  # noqa: ANN001 - alembic.command.upgrade or .downgrade
     engine = get_engine(url)
     cfg = alembic_config(url)
     if engine.dialect.name == "postgresql":
@@ -31,15 +40,29 @@ def upgrade(url: str, revision: str = "head") -> None:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
             try:
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, revision)
+                step(cfg, revision)
                 conn.commit()
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
                 conn.commit()
-    else:
-        with engine.begin() as conn:
+        return
+    with engine.connect() as conn:
+        # SQLite alters a table by copying it and dropping the old one (Alembic's batch mode), and with foreign
+        # keys on, that DROP would cascade: every result of the copied items would go. So they are off while
+        # the migration runs (the pragma works only outside a transaction) and checked before it commits.
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()
+        try:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+            step(cfg, revision)
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+            if broken:
+                conn.rollback()
+                raise RuntimeError(f"migration to {revision} would break {len(broken)} foreign keys: {broken[:5]}")
+            conn.commit()
+        finally:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
 
 
 def current_revision(url: str) -> str | None:
