@@ -23,8 +23,8 @@ from pathlib import Path
 from medbatch.errors import InvalidInput
 from medbatch.ml import images
 from medbatch.ml.artifacts import file_digest
+from medbatch.producer.chunks import RecordChunk
 from medbatch.producer.paths import check_input_path, file_kind
-from medbatch.producer.records import RecordChunk
 
 #: Default include patterns: every file (DICOM exports often have no extension); non-images are reported.
 DEFAULT_INCLUDE = ("*",)

@@ -21,8 +21,8 @@ from medbatch.db.repository.staging import Items
 from medbatch.db.session import session_scope
 from medbatch.errors import BrokerUnavailable, InvalidInput
 from medbatch.ml import registry
+from medbatch.producer.chunks import RecordChunk
 from medbatch.producer.identity import whoami
-from medbatch.producer.records import RecordChunk
 from medbatch.producer.send import Send, send_batches
 from medbatch.worker.routing import route_for
 

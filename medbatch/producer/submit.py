@@ -15,7 +15,6 @@ from medbatch.db.session import session_scope
 from medbatch.errors import InvalidInput
 from medbatch.extras import require_workload
 from medbatch.producer.paths import check_input_path
-from medbatch.producer.records import iter_record_chunks, read_header
 from medbatch.producer.send import Send
 from medbatch.producer.staging import Progress, SubmitSummary, ensure_model, stage_job
 from medbatch.worker.routing import JOB_TASKS
@@ -47,6 +46,8 @@ def submit_records(
             columns absent); nothing is staged.
         BrokerUnavailable: the broker went away; what was staged stays in the database for ``resume``.
     """
+    from medbatch.producer.records import iter_record_chunks, read_header  # pandas: not for the other workloads
+
     path = check_input_path(path, input_roots)
     read_header(path, workload, id_column)  # fail fast, before a job exists
     return stage_job(
