@@ -76,6 +76,9 @@ def _submit_tabular(
 
 
 def _after_submit(summary, url: str, as_json: bool, wait: bool) -> None:
+    from medbatch.cli import allow_fast_exit
+
+    allow_fast_exit()  # everything is committed and sent: the process may skip the interpreter's teardown
     if as_json and not wait:
         out.print_json(json.dumps(summary.as_dict()))
     elif not as_json:
