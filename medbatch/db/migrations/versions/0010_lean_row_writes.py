@@ -66,5 +66,9 @@ def downgrade() -> None:
             batch_op.create_foreign_key(f"{table}_job_id_fkey", "jobs", ["job_id"], ["id"], ondelete="CASCADE")
     if postgres:
         op.create_index(
-            "ix_results_detail", "results", ["detail"], postgresql_using="gin", postgresql_ops={"detail": "jsonb_path_ops"}
+            "ix_results_detail",
+            "results",
+            ["detail"],
+            postgresql_using="gin",
+            postgresql_ops={"detail": "jsonb_path_ops"},
         )
