@@ -137,7 +137,7 @@ def _await_worker_metrics(database_url: str, latest: dict[int, dict], grace_s: f
     ]
     end = time.monotonic() + (MEASURE_GRACE_S if grace_s is None else grace_s)
     while waiting and time.monotonic() < end:
-        time.sleep(GLANCE_S * 2)
+        time.sleep(GLANCE_S / 2)  # an X-ray job's drift is stored within ~0.1 s of its last commit
         with session_scope(database_url) as s:
             waiting = [j for j in waiting if repo.get_job(s, j).metrics is None]
 
