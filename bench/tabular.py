@@ -57,6 +57,44 @@ class PeakRss:
         return self.peak
 
 
+def tree_cpu(proc: psutil.Process) -> float:
+    """CPU seconds (user + system) of a live process and its live children."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def reaped_cpu() -> float:
+    """CPU seconds of this process's children that have exited and been waited for."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def postgres_cpu() -> float | None:
+    """CPU seconds of the local PostgreSQL server so far: live processes plus the exited backends the
+    postmaster has reaped (None when no postgres process is visible, e.g. a remote server)."""
+    total, seen = 0.0, False
+    for p in psutil.process_iter(["name", "ppid"]):
+        try:
+            if not (p.info["name"] or "").startswith("postgres"):
+                continue
+            seen = True
+            t = p.cpu_times()
+            total += t.user + t.system
+            if not psutil.Process(p.info["ppid"]).name().startswith("postgres"):  # the postmaster
+                total += t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total if seen else None
+
+
 def raw_baseline(path: Path) -> float:
     """The same work with no queue and no database: pandas reads, the model scores, a CSV is written."""
     import pandas as pd
@@ -65,6 +103,7 @@ def raw_baseline(path: Path) -> float:
 
     model = registry._loader("risk")(registry.resolve_uri(registry.BUILTIN_ARTIFACTS["risk"]))
     start = time.perf_counter()
+    cpu = time.process_time()
     frame = pd.read_csv(path)
     for col in model.features:  # the least validation that lets the model run: numbers, no blanks
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
@@ -72,7 +111,11 @@ def raw_baseline(path: Path) -> float:
     preds = model.predict(frame)
     out = pd.DataFrame({"patient_id": frame["patient_id"], "label": preds.labels, "score": preds.scores})
     out.to_csv(path.with_suffix(".raw-out.csv"), index=False)
+    RAW_CPU.append(time.process_time() - cpu)
     return time.perf_counter() - start
+
+
+RAW_CPU: list[float] = []
 
 
 def wait_for_measured_job(db_url: str, job_id: int, timeout_s: float = 3600) -> None:
@@ -155,8 +198,11 @@ def main() -> None:
             time.sleep(0.2)
         time.sleep(1)
         worker_rss = PeakRss(worker.pid)
+        worker_proc = psutil.Process(worker.pid)
+        cpu_before = (tree_cpu(worker_proc), postgres_cpu())
         start = time.perf_counter()
         start_wall = time.time()
+        reaped_before = reaped_cpu()
         producer = subprocess.Popen(
             [*medbatch, "submit", "risk", str(data), "--json", "--batch-size", str(args.batch_size)],
             env=env,
@@ -166,6 +212,7 @@ def main() -> None:
         )
         producer_rss = PeakRss(producer.pid)
         out, errs = producer.communicate()
+        producer_cpu = reaped_cpu() - reaped_before  # the producer is the only child reaped in between
         p_peak = producer_rss.stop()
         if producer.returncode != ExitCode.OK:
             raise SystemExit(f"submit failed (exit {producer.returncode}): {errs}\n{out[-3000:]}")
@@ -175,6 +222,9 @@ def main() -> None:
         # is still at it (`jobs.wait_for_job(measure_missing=True)`), which would time that, not the pipeline.
         wait_for_measured_job(db_url, summary["job_id"])
         wall = time.perf_counter() - start
+        pg_after = postgres_cpu()
+        worker_cpu = tree_cpu(worker_proc) - cpu_before[0]
+        pg_cpu = None if pg_after is None or cpu_before[1] is None else pg_after - cpu_before[1]
         w_peak = worker_rss.stop()
     finally:
         worker.terminate()
@@ -224,6 +274,16 @@ def main() -> None:
     print(
         f"  worker ({batches} batches, summed over {args.concurrency} processes)  claim+load {worker_s['load']:.1f} s, "
         f"score {worker_s['score']:.1f} s, write {worker_s['write']:.1f} s"
+    )
+    if bench_db.backend != "postgresql":
+        pg_cpu, pg_text = None, "not used"
+    else:
+        pg_text = "not visible (remote server)" if pg_cpu is None else f"{pg_cpu:.1f} s"
+    medbatch_cpu = producer_cpu + worker_cpu + (pg_cpu or 0.0)
+    print(
+        f"  CPU seconds          producer {producer_cpu:.1f} s, worker {worker_cpu:.1f} s, PostgreSQL {pg_text}; "
+        f"in all {medbatch_cpu:.1f} s vs raw {RAW_CPU[-1]:.1f} s: {medbatch_cpu / RAW_CPU[-1]:.1f}x "
+        "(steadier than wall time on a shared machine)"
     )
     print(f"  peak RSS producer    {p_peak / 2**20:8.0f} MB")
     print(f"  peak RSS worker      {w_peak / 2**20:8.0f} MB (main + {args.concurrency} children)")

@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # BIGINT on PostgreSQL, INTEGER (the rowid alias, so it autoincrements) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-#: A result's ``detail``: ``jsonb`` on PostgreSQL (containment ``@>``, GIN index; migration 0009), JSON text on SQLite.
+#: A result's ``detail``: ``jsonb`` on PostgreSQL (containment ``@>``; migration 0009), JSON text on SQLite.
 DetailJson = JSON().with_variant(JSONB(), "postgresql")
 
 

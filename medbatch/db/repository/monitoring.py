@@ -45,8 +45,8 @@ def _recent_jobs(window_s: float):
 def monitoring_item_counts(session: Session, *, window_s: float) -> dict[tuple[str, str], int]:
     """Items of the recent jobs by (workload, item status).
 
-    Goes through the job's batches so that PostgreSQL can count from ``ix_items_batch_status``
-    (batch_id, status) alone, without reading the items' payloads.
+    Goes through the recent jobs' batches and ``ix_items_batch``, so only tonight's items are read (about
+    0.9 s per million on PostgreSQL; docs/deploy.md).
     """
     recent = _recent_jobs(window_s)
     rows = session.execute(
