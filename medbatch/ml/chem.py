@@ -244,24 +244,35 @@ def score(smiles: str, training_set: TrainingSet | None = None) -> MoleculeScore
 # --------------------------------------------------------------------------- metrics of a set
 
 
-def morgan_fingerprints(smiles: Sequence[str]) -> np.ndarray:
-    """``(n, 1024)`` uint8 Morgan fingerprints, radius 2 (MOSES settings), of valid SMILES."""
+def morgan_fingerprints(smiles: Sequence[str], cache: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """``(n, 1024)`` uint8 Morgan fingerprints, radius 2 (MOSES settings), of valid SMILES. ``cache`` (SMILES ->
+    fingerprint, filled as it goes) lets the metrics of one job share them: its raw and delivered IntDiv
+    subsamples are mostly the same molecules."""
     from rdkit.Chem import rdFingerprintGenerator
 
     Chem = _rdkit()
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)
+    cache = {} if cache is None else cache
     out = np.zeros((len(smiles), 1024), dtype=np.uint8)
     for i, s in enumerate(smiles):
-        out[i] = gen.GetFingerprintAsNumPy(Chem.MolFromSmiles(s))
+        fp = cache.get(s)
+        if fp is None:
+            fp = cache[s] = gen.GetFingerprintAsNumPy(Chem.MolFromSmiles(s)).astype(np.uint8)
+        out[i] = fp
     return out
 
 
 def internal_diversity(
-    smiles: Sequence[str], *, max_molecules: int = INTDIV_MAX_MOLECULES, seed: int = 0
+    smiles: Sequence[str],
+    *,
+    max_molecules: int = INTDIV_MAX_MOLECULES,
+    seed: int = 0,
+    cache: dict[str, np.ndarray] | None = None,
 ) -> float | None:
     """MOSES IntDiv1: ``1 - mean Tanimoto`` over all ordered pairs, self pairs included.
 
     Above ``max_molecules`` a seeded random subsample is used (the pair count grows with the square).
+    ``cache``: fingerprints shared between calls (:func:`morgan_fingerprints`).
     """
     if not smiles:
         return None
@@ -269,7 +280,7 @@ def internal_diversity(
     if len(smiles) > max_molecules:
         idx = np.random.default_rng(seed).choice(len(smiles), max_molecules, replace=False)
         smiles = [smiles[i] for i in sorted(idx)]
-    fps = morgan_fingerprints(smiles).astype(np.float32)
+    fps = morgan_fingerprints(smiles, cache).astype(np.float32)
     inter = fps @ fps.T
     counts = fps.sum(axis=1)
     union = counts[:, None] + counts[None, :] - inter
@@ -284,13 +295,16 @@ def _unique_at(valid: Sequence[str], k: int) -> float | None:
     return round(len(set(head)) / len(head), 4) if head else None
 
 
-def set_metrics(records: Sequence[dict[str, Any]], *, intdiv_seed: int = 0) -> dict[str, Any]:
+def set_metrics(
+    records: Sequence[dict[str, Any]], *, intdiv_seed: int = 0, fingerprints: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
     """MOSES-style metrics of generated molecules in generation order.
 
     Args:
         records: one dict per generated string with ``canonical`` (None when invalid), ``novel`` and
             ``passes_moses_filters`` (None when invalid), optionally ``qed``, ``sa_score``,
             ``lipinski_pass`` and ``pains``.
+        fingerprints: a fingerprint cache shared with :func:`delivery_metrics` (:func:`morgan_fingerprints`).
 
     Returns:
         counts (generated, valid, unique, duplicates), validity, unique@1k/@10k (over fewer valid
@@ -324,7 +338,7 @@ def set_metrics(records: Sequence[dict[str, Any]], *, intdiv_seed: int = 0) -> d
         "unique@k_used": {"1k": min(len(canon), 1000), "10k": min(len(canon), 10_000)},
         "unique_fraction": round(len(unique) / len(valid), 4) if valid else None,
         "novelty": share(lambda r: r["novel"], novel),
-        "intdiv": internal_diversity([r["canonical"] for r in valid], seed=intdiv_seed),
+        "intdiv": internal_diversity([r["canonical"] for r in valid], seed=intdiv_seed, cache=fingerprints),
         "filters": share(lambda r: r.get("passes_moses_filters"), valid),
         "lipinski_pass": share(lambda r: r.get("lipinski_pass"), unique),
         "pains_free": share(lambda r: not r.get("pains"), unique),
@@ -386,6 +400,7 @@ def delivery_metrics(
     requested: int | None = None,
     max_samples: int | None = None,
     intdiv_seed: int = 0,
+    fingerprints: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """What was delivered, from every sample (``outcome`` set by :func:`deliver`): how many of how many
     requested, samples spent per delivered molecule, the outcome of every sample, and the delivered set's
@@ -413,7 +428,7 @@ def delivery_metrics(
         "samples_per_delivered": round(len(records) / len(delivered), 3) if delivered else None,
         "outcomes": counts,
         "novelty": share(lambda r: r.get("novel")),
-        "intdiv": internal_diversity([r["canonical"] for r in delivered], seed=intdiv_seed),
+        "intdiv": internal_diversity([r["canonical"] for r in delivered], seed=intdiv_seed, cache=fingerprints),
         "qed_mean": mean("qed"),
         "sa_mean": mean("sa_score"),
         "mol_weight_mean": mean("mol_weight"),
@@ -451,13 +466,14 @@ def evaluate_generator(
         records += [{**score(g.smiles, training_set).as_dict(), "nll": g.nll} for g in generated]
         sample_s += t1 - t0
         score_s += time.perf_counter() - t1
-    metrics = set_metrics(records, intdiv_seed=seed)
+    fingerprints: dict[str, np.ndarray] = {}
+    metrics = set_metrics(records, intdiv_seed=seed, fingerprints=fingerprints)
     for r in records:
         r["outcome"], r["reason"] = sample_outcome(r)
     for r, (outcome, reason) in zip(records, deliver(records), strict=True):
         r["outcome"], r["reason"] = outcome, reason
     metrics.update(
-        delivered=delivery_metrics(records, intdiv_seed=seed),
+        delivered=delivery_metrics(records, intdiv_seed=seed, fingerprints=fingerprints),
         samples=n,
         sample_seed=seed,
         temperature=temperature,

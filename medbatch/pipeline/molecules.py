@@ -158,10 +158,15 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
     for row, d, (outcome, reason) in zip(rows, records, chem.deliver(records, requested), strict=True):
         d["outcome"], d["reason"] = outcome, reason
         if d != (row.detail or {}):
-            updates[row.id] = d
-    metrics = chem.set_metrics(records, intdiv_seed=int(options.get("seed", 0)))
+            updates[row.id] = (row.detail or {}, d)
+    fingerprints: dict = {}  # the raw and delivered IntDiv subsamples share most molecules
+    metrics = chem.set_metrics(records, intdiv_seed=int(options.get("seed", 0)), fingerprints=fingerprints)
     delivered = chem.delivery_metrics(
-        records, requested=requested, max_samples=options.get("max_samples"), intdiv_seed=int(options.get("seed", 0))
+        records,
+        requested=requested,
+        max_samples=options.get("max_samples"),
+        intdiv_seed=int(options.get("seed", 0)),
+        fingerprints=fingerprints,
     )
     delivered.update(allow_known=bool(options.get("allow_known")), min_likelihood=options.get("min_likelihood"))
     metrics.update(
@@ -172,7 +177,7 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
         reference={"name": MOSES_CHARRNN_NAME, **MOSES_CHARRNN},
     )
     with session_scope(database_url) as s:
-        repo.update_result_details(s, updates)
+        molecule_repo.write_outcomes(s, updates)
         repo.set_job_metrics(s, job_id, metrics)
     log.info(
         "job %s finished: %d sampled, validity %s, %d delivered of %s, %d duplicates flagged",

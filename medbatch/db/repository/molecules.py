@@ -9,12 +9,15 @@ on SQLite); no column of their own is needed.
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from medbatch.db.repository.batches import update_result_details
 from medbatch.db.repository.bulk import _dialect
 from medbatch.db.tables import FINISHED_BATCH, Batch, BatchStatus, ItemError, Job, Result
 
@@ -81,3 +84,32 @@ def pending_batches(session: Session, job_id: int) -> list[tuple[int, str]]:
             .order_by(Batch.seq)
         )
     ]
+
+
+#: The keys a job's end changes on most samples (the candidates it delivers, or finds repeated or surplus).
+OUTCOME_KEYS = frozenset({"outcome", "reason"})
+
+
+def write_outcomes(session: Session, updates: dict[int, tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Store the job end's new details (result id -> (stored detail, new detail)).
+
+    On PostgreSQL a change of ``outcome``/``reason`` alone (nearly every one: a candidate becomes delivered)
+    is one ``UPDATE ... SET detail = detail || patch WHERE id = ANY(ids)`` per distinct patch, instead of
+    sending 10,000 whole details; the stored detail ends exactly as the new one. Any other change (a
+    ``duplicate_of``, a key removed, SQLite) replaces the detail (:func:`update_result_details`).
+    """
+    grouped: dict[str, list[int]] = defaultdict(list)
+    whole: dict[int, dict[str, Any]] = {}
+    postgres = _dialect(session) == "postgresql"
+    for rid, (old, new) in updates.items():
+        changed = {k for k in new.keys() | old.keys() if k not in old or k not in new or old[k] != new[k]}
+        if postgres and changed <= new.keys() and changed <= OUTCOME_KEYS:
+            grouped[json.dumps({k: new[k] for k in sorted(changed)})].append(rid)
+        else:
+            whole[rid] = new
+    for patch, ids in grouped.items():
+        session.execute(
+            text("UPDATE results SET detail = detail || CAST(:patch AS jsonb) WHERE id = ANY(:ids)"),
+            {"patch": patch, "ids": ids},
+        )
+    update_result_details(session, whole)

@@ -190,3 +190,31 @@ def test_duplicates_within_a_job_are_flagged_on_repeats_and_counted(db_url, mole
     assert rows[1]["label"] is None and "not parseable" in rows[1]["detail"]["reason"]
     assert metrics["duplicates"] == 1 and metrics["unique"] == 2 and metrics["validity"] == 0.75
     assert metrics["delivered"]["delivered"] == 2 and metrics["delivered"]["budget_spent"]
+
+
+def test_a_job_end_stores_each_new_detail_exactly_as_computed(db_url, molecule_artifact):
+    # Given a finished job's results
+    from medbatch.db.repository import molecules as molecule_repo
+
+    register_molecules(db_url, molecule_artifact)
+    summary = submit_molecules(database_url=db_url, send=lambda *a: None, **REQUEST)
+    run_job(db_url, summary.job_id)
+    with session_scope(db_url) as s:
+        stored = {r.id: dict(r.detail) for r in repo.job_result_rows(s, summary.job_id)}
+    a, b, c, d = list(stored)[:4]
+    new = {
+        a: {**stored[a], "outcome": "surplus", "reason": "not needed"},  # outcome and reason only: one patch
+        b: {**stored[b], "outcome": "surplus", "reason": "not needed"},
+        c: {**stored[c], "outcome": "delivered", "reason": None},  # a reason set to null stays a key, null
+        d: {k: v for k, v in {**stored[d], "duplicate_of": 7}.items() if k != "tokens"},  # another change: whole
+    }
+    # When the job's end writes them
+    with session_scope(db_url) as s:
+        molecule_repo.write_outcomes(s, {rid: (stored[rid], detail) for rid, detail in new.items()})
+    # Then every stored detail is exactly the new one, and no other result changed
+    with session_scope(db_url) as s:
+        after = {r.id: dict(r.detail) for r in repo.job_result_rows(s, summary.job_id)}
+    assert {rid: after[rid] for rid in new} == new
+    assert {rid: v for rid, v in after.items() if rid not in new} == {
+        rid: v for rid, v in stored.items() if rid not in new
+    }
