@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from medbatch.db.tables import FINISHED_JOB, Item, Job, Result
+from medbatch.db.tables import FINISHED_JOB, Batch, Item, Job, Result
 
-#: Most rows read for one job's drift check (the first by item id): PSI is stable long before this.
+#: Most rows read for one job's drift check (the first batches', in item order): PSI is stable long before this.
 DRIFT_SAMPLE_ROWS = 100_000
 #: The workloads whose finished jobs are measured for drift.
 DRIFT_WORKLOADS = ("risk", "treatment", "xray")
@@ -32,16 +32,26 @@ def job_scored_details(
 
 
 def _with_scores(session: Session, job_id: int, column: Any, limit: int) -> list[tuple[dict[str, Any], float | None]]:
-    """``(column as a dict, score)`` of up to ``limit`` scored items of the job, in item order."""
-    stmt = (
-        select(column, Result.score)
-        .select_from(Item)
-        .join(Result, Result.item_id == Item.id)
-        .where(Item.job_id == job_id)
-        .order_by(Item.id)
-        .limit(limit)
-    )
-    return [(dict(value or {}), score) for value, score in session.execute(stmt)]
+    """``(column as a dict, score)`` of up to ``limit`` scored items of the job, in item order.
+
+    Read batch by batch (``ix_items_batch``), in the batches' order, until ``limit`` rows: one query over the
+    whole job joined and sorted every item of it first (17 s for a 10,000,000-row job; this reads 100,000).
+    """
+    out: list[tuple[dict[str, Any], float | None]] = []
+    batches = session.execute(select(Batch.id).where(Batch.job_id == job_id).order_by(Batch.seq)).scalars().all()
+    for batch_id in batches:
+        stmt = (
+            select(column, Result.score)
+            .select_from(Item)
+            .join(Result, Result.item_id == Item.id)
+            .where(Item.batch_id == batch_id)
+            .order_by(Item.id)
+            .limit(limit - len(out))
+        )
+        out += [(dict(value or {}), score) for value, score in session.execute(stmt)]
+        if len(out) >= limit:
+            break
+    return out
 
 
 def monitoring_latest_drift(session: Session, *, look_back_jobs: int = 50) -> dict[str, dict[str, Any]]:
