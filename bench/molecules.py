@@ -58,6 +58,8 @@ def raw_baseline(batches: list[tuple[int, int, float]], repeat: int) -> tuple[li
 #: CPU seconds of each raw loop (sampling + scoring), and of the worker (main + children) per job.
 RAW_CPU: list[float] = []
 WORKER_CPU: list[float] = []
+#: The machine's load average (1, 5, 15 min) at the start and at the end of the bench.
+LOAD: list[tuple[float, float, float]] = []
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -94,6 +96,7 @@ def main() -> None:
     ap.add_argument("--worker-log", type=Path, help="write the worker's INFO log here (per-batch phase timings)")
     args = ap.parse_args()
 
+    LOAD.append(os.getloadavg())
     bench_db = BenchDatabase.create(args.database_url)
     db_url = bench_db.url
     import redis
@@ -140,6 +143,7 @@ def main() -> None:
         worker.terminate()
         worker.wait(timeout=60)
     bench_db.drop()
+    LOAD.append(os.getloadavg())
     report(args, bench_db.backend, summary, rows, metrics, stored, raw, walls, peaks, sample_s, sample_score_s)
 
 
@@ -197,7 +201,21 @@ def report(args, backend, summary, rows, metrics, stored, raw, walls, peaks, sam
         f"{wcpu / samples * 1e3:.2f} ms per sample; raw loop {rcpu / samples * 1e3:.2f} ms per sample; on 2 idle cores "
         f"the worker could deliver {2 * delivered / wcpu:.0f}/s (database server CPU not counted)"
     )
-    print(f"  peak RSS worker          {max(peaks) / 2**20:8.0f} MB (main + {args.concurrency} children)")
+    cores = min(args.concurrency, os.cpu_count() or 1)
+    print(
+        f"  ceiling on {cores} cores (every core busy, no fixed cost; delivered/s vs raw samples/s): "
+        f"{delivered * cores * one / (wcpu * samples):.3f} at the worker's CPU per sample, "
+        f"{delivered * cores * one / (rcpu * samples):.3f} at the raw loop's"
+    )
+    shown_load = lambda la: "/".join(f"{x:.2f}" for x in la)  # noqa: E731
+    print(f"  load average (1/5/15 min): {shown_load(LOAD[0])} at the start, {shown_load(LOAD[-1])} at the end")
+    from medbatch.config import get_settings
+
+    limit = get_settings().worker_max_memory_per_child_mb
+    print(
+        f"  peak RSS worker          {max(peaks) / 2**20:8.0f} MB (main + {args.concurrency} children; "
+        f"a child is replaced above {limit:,} MB, MEDBATCH_WORKER_MAX_MEMORY_PER_CHILD_MB)"
+    )
     same = [dd["smiles"] for _, dd in rows] == raw
     print(f"  every sample stored once: {stored == samples == len(rows)}; identical to in-process sampling: {same}")
     print("  " + f"{'':>28}" + " ".join(f"{k:>17}" for k in mm.TABLE_KEYS))
