@@ -42,8 +42,11 @@ def redis_server() -> str:
 
 @pytest.fixture
 def redis_url(redis_server: str) -> Iterator[str]:
-    """A Redis database number of this test's own, flushed before and after."""
-    url = f"{redis_server.rstrip('/')}/{next(_redis_dbs)}"
+    """A Redis database number of this test's own, flushed before and after. A MEDBATCH_TEST_REDIS_URL that
+    names a database (``redis://host:6379/11``) pins every test to that one, so that people sharing a Redis
+    server each keep to their own number."""
+    pinned = redis_server.rstrip("/").rsplit("/", 1)[-1].isdigit() and redis_server.count("/") >= 3
+    url = redis_server if pinned else f"{redis_server.rstrip('/')}/{next(_redis_dbs)}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
