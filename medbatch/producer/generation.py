@@ -31,7 +31,7 @@ from medbatch.db.repository import molecules as molecule_repo
 from medbatch.db.session import session_scope
 from medbatch.errors import BrokerUnavailable, InvalidInput
 from medbatch.extras import require_workload
-from medbatch.producer.records import RecordChunk
+from medbatch.producer.chunks import RecordChunk
 from medbatch.producer.send import Send
 from medbatch.producer.staging import Progress, SubmitSummary, ensure_model, stage_job
 

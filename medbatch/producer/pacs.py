@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from medbatch.errors import InvalidInput, PacsUnavailable
 from medbatch.interop.dicomweb import DicomWeb, PacsAccess, check_study_date, check_url, json_value
 from medbatch.ml import images
-from medbatch.producer.records import RecordChunk
+from medbatch.producer.chunks import RecordChunk
 
 log = logging.getLogger("medbatch.producer.pacs")
 
