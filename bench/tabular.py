@@ -268,7 +268,7 @@ def main() -> None:
     )
     t = summary.get("timings", {})
     print(
-        f"  producer (wall)      read+validate {t.get('read_validate_s', 0):.1f} s, stage {t.get('stage_s', 0):.1f} s, "
+        f"  producer (wall; the two overlap)  read+validate {t.get('read_validate_s', 0):.1f} s, stage {t.get('stage_s', 0):.1f} s, "
         f"queue {t.get('queue_s', 0):.1f} s"
     )
     print(
