@@ -99,6 +99,8 @@ def _leave_now(code: object) -> None:
         return  # a message for stderr: the normal exit prints it
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return  # the normal exit joins it
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return  # a profiler or debugger (python -m cProfile -m medbatch.cli ...) writes its output after main
     try:
         if "medbatch.db.session" in sys.modules:
             from medbatch.db.session import dispose_engines
