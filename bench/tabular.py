@@ -268,8 +268,8 @@ def main() -> None:
     )
     t = summary.get("timings", {})
     print(
-        f"  producer (wall; the two overlap)  read+validate {t.get('read_validate_s', 0):.1f} s, stage {t.get('stage_s', 0):.1f} s, "
-        f"queue {t.get('queue_s', 0):.1f} s"
+        f"  producer (wall; the two overlap)  read+validate {t.get('read_validate_s', 0):.1f} s, "
+        f"stage {t.get('stage_s', 0):.1f} s, queue {t.get('queue_s', 0):.1f} s"
     )
     print(
         f"  worker ({batches} batches, summed over {args.concurrency} processes)  claim+load {worker_s['load']:.1f} s, "
