@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BenchDatabase, timed_submit  # noqa: E402
+from bench.common import BenchDatabase, reaped_cpu, timed_submit, tree_cpu  # noqa: E402
 from medbatch.producer.synthetic import synthetic_xray, write_synthetic_dicom  # noqa: E402
 
 
@@ -191,7 +191,7 @@ def main() -> None:
         subprocess.run(
             [*medbatch, "submit", "xray", str(warm), "--wait", "--json"], env=env, check=True, capture_output=True
         )
-        worker_cpu, submit_cpu = _tree_cpu(worker.pid), _children_cpu()
+        worker_cpu, submit_cpu = tree_cpu(worker.pid), reaped_cpu()
         start_epoch = time.time()
         try:
             wall, summary = timed_submit(
@@ -199,7 +199,7 @@ def main() -> None:
                 env,
             )
         finally:
-            worker_cpu, submit_cpu = _tree_cpu(worker.pid) - worker_cpu, _children_cpu() - submit_cpu
+            worker_cpu, submit_cpu = tree_cpu(worker.pid) - worker_cpu, reaped_cpu() - submit_cpu
         w_peak = _peak_rss(worker.pid)
         child_rss = [p.memory_info().rss for p in psutil.Process(worker.pid).children(recursive=True)]
         parent_rss = psutil.Process(worker.pid).memory_info().rss
@@ -267,27 +267,6 @@ def _peak_rss(pid: int) -> int:
             except psutil.Error:
                 pass
     return total
-
-
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and its children alive now."""
-    total = 0.0
-    root = psutil.Process(pid)
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system
-    return total
-
-
-def _children_cpu() -> float:
-    """CPU seconds used by this script's finished child processes (the submit command)."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def _own_cpu() -> float:

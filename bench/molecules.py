@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BenchDatabase, timed_submit  # noqa: E402
+from bench.common import BenchDatabase, timed_submit, tree_cpu  # noqa: E402
 from bench.tabular import PeakRss  # noqa: E402
 
 
@@ -60,15 +60,6 @@ RAW_CPU: list[float] = []
 WORKER_CPU: list[float] = []
 #: The machine's load average (1, 5, 15 min) at the start and at the end of the bench.
 LOAD: list[tuple[float, float, float]] = []
-
-
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its children so far: less changed by contention than wall time,
-    not unchanged (scoring took 1.58 ms of CPU a molecule alone, 2.16 ms beside two other busy processes)."""
-    import psutil
-
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
 def submit(medbatch: list[str], env: dict, args: argparse.Namespace) -> tuple[float, dict]:
@@ -129,9 +120,9 @@ def main() -> None:
         subprocess.run(warm, env=env, check=True, capture_output=True)
         for _ in range(args.repeat):  # a job, then the same samples in one process (the worker idle), in turn
             worker_rss = PeakRss(worker.pid)
-            cpu = tree_cpu_s(worker.pid)
+            cpu = tree_cpu(worker.pid)
             wall, summary = submit(medbatch, env, args)
-            WORKER_CPU.append(tree_cpu_s(worker.pid) - cpu)
+            WORKER_CPU.append(tree_cpu(worker.pid) - cpu)
             walls.append(wall)
             peaks.append(worker_rss.stop())
             if not raw:

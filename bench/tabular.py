@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BenchDatabase  # noqa: E402
+from bench.common import BenchDatabase, postgres_cpu, reaped_cpu, tree_cpu  # noqa: E402
 from medbatch.exit_codes import ExitCode  # noqa: E402
 from medbatch.producer.synthetic import write_patients  # noqa: E402
 
@@ -55,44 +55,6 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
         return self.peak
-
-
-def tree_cpu(proc: psutil.Process) -> float:
-    """CPU seconds (user + system) of a live process and its live children."""
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def reaped_cpu() -> float:
-    """CPU seconds of this process's children that have exited and been waited for."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def postgres_cpu() -> float | None:
-    """CPU seconds of the local PostgreSQL server so far: live processes plus the exited backends the
-    postmaster has reaped (None when no postgres process is visible, e.g. a remote server)."""
-    total, seen = 0.0, False
-    for p in psutil.process_iter(["name", "ppid"]):
-        try:
-            if not (p.info["name"] or "").startswith("postgres"):
-                continue
-            seen = True
-            t = p.cpu_times()
-            total += t.user + t.system
-            if not psutil.Process(p.info["ppid"]).name().startswith("postgres"):  # the postmaster
-                total += t.children_user + t.children_system
-        except psutil.Error:
-            pass
-    return total if seen else None
 
 
 def raw_baseline(path: Path) -> float:
@@ -198,8 +160,7 @@ def main() -> None:
             time.sleep(0.2)
         time.sleep(1)
         worker_rss = PeakRss(worker.pid)
-        worker_proc = psutil.Process(worker.pid)
-        cpu_before = (tree_cpu(worker_proc), postgres_cpu())
+        cpu_before = (tree_cpu(worker.pid), postgres_cpu())
         start = time.perf_counter()
         start_wall = time.time()
         reaped_before = reaped_cpu()
@@ -223,7 +184,7 @@ def main() -> None:
         wait_for_measured_job(db_url, summary["job_id"])
         wall = time.perf_counter() - start
         pg_after = postgres_cpu()
-        worker_cpu = tree_cpu(worker_proc) - cpu_before[0]
+        worker_cpu = tree_cpu(worker.pid) - cpu_before[0]
         pg_cpu = None if pg_after is None or cpu_before[1] is None else pg_after - cpu_before[1]
         w_peak = worker_rss.stop()
     finally:

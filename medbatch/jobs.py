@@ -122,7 +122,6 @@ def _await_worker_metrics(database_url: str, latest: dict[int, dict], grace_s: f
     caller measures them itself: measuring in the producer too would repeat the work (on 1M rows, seconds and
     a model loaded into the producer) for a figure the worker is writing anyway."""
     from medbatch.db import repository as repo
-    from medbatch.db.session import session_scope
 
     measured = set(repo.DRIFT_WORKLOADS) | {"molecules"}
     # A job whose worker ended it normally; a failed job (or one the producer ended) has no worker measuring it.
@@ -135,24 +134,32 @@ def _await_worker_metrics(database_url: str, latest: dict[int, dict], grace_s: f
         and c["workload"] in measured
         and c.get("metrics") is None
     ]
-    end = time.monotonic() + (MEASURE_GRACE_S if grace_s is None else grace_s)
-    while waiting and time.monotonic() < end:
-        time.sleep(GLANCE_S / 2)  # an X-ray job's drift is stored within ~0.1 s of its last commit
-        with session_scope(database_url) as s:
-            waiting = [j for j in waiting if repo.get_job(s, j).metrics is None]
+    # every GLANCE_S / 2: an X-ray job's drift is stored within ~0.1 s of its last commit
+    _glance(
+        database_url,
+        waiting,
+        lambda job: job.metrics is not None,
+        MEASURE_GRACE_S if grace_s is None else grace_s,
+        GLANCE_S / 2,
+    )
 
 
 def _nap(database_url: str, job_ids: list[int], seconds: float) -> None:
     """Sleep ``seconds``, ending early once every job's own row says it has finished (glanced at every GLANCE_S)."""
+    _glance(database_url, job_ids, lambda job: is_finished({"status": job.status}), seconds, GLANCE_S)
+
+
+def _glance(database_url: str, job_ids: list[int], ready: Callable, seconds: float, every_s: float) -> None:
+    """Sleep up to ``seconds``, reading the jobs' own rows (a primary-key read each) every ``every_s``, until
+    ``ready(job)`` holds for all of them."""
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
 
     end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(GLANCE_S, left))
+    while job_ids and (left := end - time.monotonic()) > 0:
+        time.sleep(min(every_s, left))
         with session_scope(database_url) as s:
-            if all(is_finished({"status": repo.get_job(s, j).status}) for j in job_ids):
-                return
+            job_ids = [j for j in job_ids if not ready(repo.get_job(s, j))]
 
 
 def wait_for_job(
