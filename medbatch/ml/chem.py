@@ -295,6 +295,17 @@ def _unique_at(valid: Sequence[str], k: int) -> float | None:
     return round(len(set(head)) / len(head), 4) if head else None
 
 
+def _mean(key: str, rows: Sequence[dict[str, Any]]) -> float | None:
+    """Mean of ``key`` over the rows that have it, to 4 decimals (None when none has)."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def _share(pred, rows: Sequence[dict[str, Any]]) -> float | None:  # noqa: ANN001 - a predicate on one row
+    """Share of ``rows`` for which ``pred`` holds, to 4 decimals (None for no rows)."""
+    return round(sum(1 for r in rows if pred(r)) / len(rows), 4) if rows else None
+
+
 def set_metrics(
     records: Sequence[dict[str, Any]], *, intdiv_seed: int = 0, fingerprints: dict[str, np.ndarray] | None = None
 ) -> dict[str, Any]:
@@ -319,14 +330,6 @@ def set_metrics(
         first.setdefault(r["canonical"], r)
     unique = list(first.values())
     novel = [r for r in unique if r.get("novel") is not None]
-
-    def mean(key: str, rows) -> float | None:
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        return round(float(np.mean(vals)), 4) if vals else None
-
-    def share(pred, rows) -> float | None:
-        return round(sum(1 for r in rows if pred(r)) / len(rows), 4) if rows else None
-
     return {
         "generated": n,
         "valid": len(valid),
@@ -337,15 +340,15 @@ def set_metrics(
         "unique@10k": _unique_at(canon, 10_000),
         "unique@k_used": {"1k": min(len(canon), 1000), "10k": min(len(canon), 10_000)},
         "unique_fraction": round(len(unique) / len(valid), 4) if valid else None,
-        "novelty": share(lambda r: r["novel"], novel),
+        "novelty": _share(lambda r: r["novel"], novel),
         "intdiv": internal_diversity([r["canonical"] for r in valid], seed=intdiv_seed, cache=fingerprints),
-        "filters": share(lambda r: r.get("passes_moses_filters"), valid),
-        "lipinski_pass": share(lambda r: r.get("lipinski_pass"), unique),
-        "pains_free": share(lambda r: not r.get("pains"), unique),
-        "qed_mean": mean("qed", unique),
-        "sa_mean": mean("sa_score", unique),
-        "nll_mean_valid": mean("nll", valid),
-        "nll_mean_invalid": mean("nll", [r for r in records if not r.get("canonical")]),
+        "filters": _share(lambda r: r.get("passes_moses_filters"), valid),
+        "lipinski_pass": _share(lambda r: r.get("lipinski_pass"), unique),
+        "pains_free": _share(lambda r: not r.get("pains"), unique),
+        "qed_mean": _mean("qed", unique),
+        "sa_mean": _mean("sa_score", unique),
+        "nll_mean_valid": _mean("nll", valid),
+        "nll_mean_invalid": _mean("nll", [r for r in records if not r.get("canonical")]),
     }
 
 
@@ -411,13 +414,6 @@ def delivery_metrics(
     for r in records:
         counts[r.get("outcome") or "invalid"] = counts.get(r.get("outcome") or "invalid", 0) + 1
 
-    def mean(key: str) -> float | None:
-        vals = [r[key] for r in delivered if r.get(key) is not None]
-        return round(float(np.mean(vals)), 4) if vals else None
-
-    def share(pred) -> float | None:
-        return round(sum(1 for r in delivered if pred(r)) / len(delivered), 4) if delivered else None
-
     short = requested is not None and len(delivered) < requested
     return {
         "requested": requested,
@@ -427,14 +423,14 @@ def delivery_metrics(
         "budget_spent": bool(short and max_samples is not None and len(records) >= max_samples),
         "samples_per_delivered": round(len(records) / len(delivered), 3) if delivered else None,
         "outcomes": counts,
-        "novelty": share(lambda r: r.get("novel")),
+        "novelty": _share(lambda r: r.get("novel"), delivered),
         "intdiv": internal_diversity([r["canonical"] for r in delivered], seed=intdiv_seed, cache=fingerprints),
-        "qed_mean": mean("qed"),
-        "sa_mean": mean("sa_score"),
-        "mol_weight_mean": mean("mol_weight"),
-        "nll_mean": mean("nll"),
-        "lipinski_pass": share(lambda r: r.get("lipinski_pass")),
-        "pains_free": share(lambda r: not r.get("pains")),
+        "qed_mean": _mean("qed", delivered),
+        "sa_mean": _mean("sa_score", delivered),
+        "mol_weight_mean": _mean("mol_weight", delivered),
+        "nll_mean": _mean("nll", delivered),
+        "lipinski_pass": _share(lambda r: r.get("lipinski_pass"), delivered),
+        "pains_free": _share(lambda r: not r.get("pains"), delivered),
     }
 
 
