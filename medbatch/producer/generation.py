@@ -27,8 +27,8 @@ import numpy as np
 
 from medbatch import defaults
 from medbatch.db import repository as repo
-from medbatch.db.repository import molecules as molecule_repo
 from medbatch.db.session import session_scope
+from medbatch.db.tables import BatchStatus
 from medbatch.errors import BrokerUnavailable, InvalidInput
 from medbatch.extras import require_workload
 from medbatch.producer.chunks import RecordChunk
@@ -236,7 +236,7 @@ def send_staged(database_url: str, send: Send, job_id: int) -> int:
     from medbatch.worker.routing import route_for
 
     with session_scope(database_url) as s:
-        pending = molecule_repo.pending_batches(s, job_id)
+        pending = repo.unfinished_batches(s, job_id, status=BatchStatus.PENDING.value)
     return send_batches(send, database_url, pending, route_for("molecules").task) if pending else 0
 
 

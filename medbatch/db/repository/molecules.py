@@ -1,5 +1,5 @@
 """A molecule job's rounds: what its last finishing batch needs to know, under the job's row lock, to decide
-whether the job has delivered enough or must stage a top-up round; and its staged batches not yet sent.
+whether the job has delivered enough or must stage a top-up round; and how the job's end stores its outcomes.
 
 Deliverable molecules are results whose ``detail.outcome`` is ``candidate`` (written by the batch) or, once
 the job has been finalised, ``delivered`` / ``duplicate`` / ``surplus``; ``detail.canonical`` is the
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from medbatch.db.repository.batches import update_result_details
 from medbatch.db.repository.bulk import _dialect
-from medbatch.db.tables import FINISHED_BATCH, Batch, BatchStatus, ItemError, Job, Result
+from medbatch.db.tables import FINISHED_BATCH, Batch, ItemError, Job, Result
 
 #: Outcomes a sample keeps from its own batch and that the job's end turns into delivered/duplicate/surplus.
 DELIVERABLE = ("candidate", "delivered", "duplicate", "surplus")
@@ -72,18 +72,6 @@ def deliverable_molecules(session: Session, job_id: int) -> set[str]:
         select(canonical).distinct().where(Result.job_id == job_id, outcome.in_(DELIVERABLE), canonical.is_not(None))
     )
     return {row[0] for row in rows}
-
-
-def pending_batches(session: Session, job_id: int) -> list[tuple[int, str]]:
-    """(batch id, queue) of the job's staged batches whose message has not been sent, in order."""
-    return [
-        (row.id, row.queue)
-        for row in session.execute(
-            select(Batch.id, Batch.queue)
-            .where(Batch.job_id == job_id, Batch.status == BatchStatus.PENDING.value)
-            .order_by(Batch.seq)
-        )
-    ]
 
 
 #: The keys a job's end changes on most samples (the candidates it delivers, or finds repeated or surplus).

@@ -297,14 +297,14 @@ def count_batches(session: Session, job_id: int, *, exclude_status: str | None =
     return int(session.scalar(stmt))
 
 
-def unfinished_batches(session: Session, job_id: int) -> list[tuple[int, str]]:
-    """(batch id, queue) of every batch of the job that is not done or dead."""
+def unfinished_batches(session: Session, job_id: int, *, status: str | None = None) -> list[tuple[int, str]]:
+    """(batch id, queue) of every batch of the job that is not done or dead (only those in ``status`` when
+    given, e.g. ``pending``: staged, never sent), in order."""
+    where = Batch.status.not_in(FINISHED_BATCH) if status is None else Batch.status == status
     return [
         (row.id, row.queue)
         for row in session.execute(
-            select(Batch.id, Batch.queue)
-            .where(Batch.job_id == job_id, Batch.status.not_in(FINISHED_BATCH))
-            .order_by(Batch.seq)
+            select(Batch.id, Batch.queue).where(Batch.job_id == job_id, where).order_by(Batch.seq)
         )
     ]
 
