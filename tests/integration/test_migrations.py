@@ -94,21 +94,23 @@ def _item_indexes_and_fks(url: str) -> tuple[set[str], set[tuple[str, str]]]:
 
 
 def test_0010_drops_the_implied_keys_and_a_deleted_job_still_takes_everything_with_it(db_url):
-    # Given a job with results at head (0010: no job_id foreign keys on items and results)
+    # Given a job with results at head (0010: no job_id foreign keys; 0011: on PostgreSQL the other two by trigger)
     job = job_with_results(db_url, "risk", [{"probability": 0.3}, {"probability": 0.8}])
+    pg = db_url.startswith("postgresql")
     indexes, fks = _item_indexes_and_fks(db_url)
     assert "ix_items_batch" in indexes and "ix_items_batch_status" not in indexes
-    assert fks == {("items", "batch_id"), ("results", "item_id")}
+    assert fks == (set() if pg else {("items", "batch_id"), ("results", "item_id")})
     # When the schema goes back to 0009 and up again, the data survive both ways
     _downgrade(db_url, "0009")
     indexes, fks = _item_indexes_and_fks(db_url)
     assert "ix_items_batch_status" in indexes and ("items", "job_id") in fks and ("results", "job_id") in fks
+    assert {("items", "batch_id"), ("results", "item_id")} <= fks
     upgrade(db_url)
     assert _diff(db_url) == []
     with session_scope(db_url) as s:
         assert [r.detail["probability"] for r in repo.job_result_rows(s, job)] == [0.3, 0.8]
     with get_engine(db_url).begin() as conn:
-        if db_url.startswith("postgresql"):  # half-filled pages, so the done-marking update stays on its page (HOT)
+        if pg:  # half-filled pages, so the done-marking update stays on its page (HOT)
             options = conn.scalar(text("SELECT reloptions FROM pg_class WHERE relname = 'items'"))
             assert "fillfactor=50" in options
         # Then deleting the job still deletes its batches, items and results (along batch_id and item_id)
@@ -118,3 +120,107 @@ def test_0010_drops_the_implied_keys_and_a_deleted_job_still_takes_everything_wi
             for table in ("batches", "items", "results")
         ]
     assert left == [0, 0, 0]
+
+
+_RESULT = (
+    "INSERT INTO results (item_id, job_id, model_name, model_version, label, score, detail, created_at) "
+    "VALUES (:i, :j, 'm', '1', 'x', 0.5, '{}', CURRENT_TIMESTAMP)"
+)
+
+
+def _job_items(url: str, n: int = 3) -> tuple[int, int, list[int]]:
+    """A job with one batch of ``n`` items and no results: (job, batch, item ids)."""
+    job = job_with_results(url, "risk", [{"probability": 0.5}] * n)
+    with get_engine(url).begin() as conn:
+        conn.execute(text("DELETE FROM results WHERE job_id = :j"), {"j": job})
+        batch = conn.scalar(text("SELECT id FROM batches WHERE job_id = :j"), {"j": job})
+        items = conn.execute(text("SELECT id FROM items WHERE job_id = :j ORDER BY id"), {"j": job}).scalars().all()
+    return job, batch, items
+
+
+def _orphans(url: str) -> list[int]:
+    with get_engine(url).connect() as conn:
+        query = "SELECT r.id FROM results r WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.id = r.item_id)"
+        return conn.execute(text(query)).scalars().all()
+
+
+def test_item_and_result_keys_refuse_orphans_and_cascade_on_either_database(db_url):
+    from sqlalchemy.exc import IntegrityError
+
+    job, batch, items = _job_items(db_url)
+    engine = get_engine(db_url)
+    # An item of a batch that does not exist, and a result of an item that does not exist, are refused
+    with pytest.raises(IntegrityError, match="(?i)foreign key"), engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO items (job_id, batch_id, item_key, source_uri, payload, status) "
+                "VALUES (:j, :b, 'row:99', 'test', '{}', 'pending')"
+            ),
+            {"j": job, "b": batch + 1000},
+        )
+    with pytest.raises(IntegrityError, match="(?i)foreign key"), engine.begin() as conn:
+        conn.execute(text(_RESULT), [{"i": items[0], "j": job}, {"i": max(items) + 1000, "j": job}])
+    with engine.begin() as conn:  # nothing of the refused statements stayed; a good result is taken
+        assert conn.scalar(text("SELECT count(*) FROM items WHERE job_id = :j"), {"j": job}) == len(items)
+        conn.execute(text(_RESULT), [{"i": i, "j": job} for i in items])
+        # Deleting an item deletes its result; deleting the batch deletes the other items and their results
+        conn.execute(text("DELETE FROM items WHERE id = :i"), {"i": items[0]})
+        assert conn.scalar(text("SELECT count(*) FROM results WHERE job_id = :j"), {"j": job}) == len(items) - 1
+        conn.execute(text("DELETE FROM batches WHERE id = :b"), {"b": batch})
+        left = [conn.scalar(text(f"SELECT count(*) FROM {t} WHERE job_id = :j"), {"j": job}) for t in ("items", "results")]
+    assert left == [0, 0] and _orphans(db_url) == []
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_delete_racing_a_results_write_leaves_no_orphan(db_url):
+    """PostgreSQL's trigger checks lock the items' batch as a foreign key locks its parent row: a job deleted
+    while a worker's results are uncommitted waits and takes them too; results written while their items are
+    being deleted wait and are refused."""
+    import threading
+
+    from sqlalchemy.exc import IntegrityError
+
+    engine = get_engine(db_url)
+    # Given a worker's results, written but not committed, when the job is deleted meanwhile
+    job, _, items = _job_items(db_url)
+    worker = engine.connect()
+    worker.execute(text(_RESULT), [{"i": i, "j": job} for i in items])
+    deleted = threading.Event()
+
+    def delete_job() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": job})
+        deleted.set()
+
+    deleter = threading.Thread(target=delete_job)
+    deleter.start()
+    assert not deleted.wait(1.0)  # the delete waits for the worker's transaction
+    worker.commit()
+    deleter.join(10)
+    # Then the delete took the committed results with it
+    assert deleted.is_set() and _orphans(db_url) == []
+
+    # Given items being deleted, not yet committed, when a worker writes their results
+    job, batch, items = _job_items(db_url)
+    deleter_conn = engine.connect()
+    deleter_conn.execute(text("DELETE FROM items WHERE batch_id = :b"), {"b": batch})
+    outcome: list[BaseException | None] = []
+
+    def write_results() -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(_RESULT), [{"i": i, "j": job} for i in items])
+            outcome.append(None)
+        except IntegrityError as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write_results)
+    writer.start()
+    writer.join(1.0)
+    assert writer.is_alive()  # the write waits for the delete's transaction
+    deleter_conn.commit()
+    writer.join(10)
+    # Then the write is refused and nothing is orphaned
+    assert len(outcome) == 1 and isinstance(outcome[0], IntegrityError) and _orphans(db_url) == []
+    worker.close()
+    deleter_conn.close()

@@ -121,7 +121,9 @@ def delivery_failures(session: Session, job_ids: Sequence[int], limit: int = 20)
 def pacs_return_due(session: Session, job_id: int) -> bool:
     """True once for a finished PACS-sourced job (pulled, or received by the listener) whose automatic return
     was not yet queued; marks it queued (the job row is locked, so two last batches cannot both queue it)."""
-    job = session.get(Job, job_id, with_for_update=True)
+    # FOR NO KEY UPDATE (only options change): a plain FOR UPDATE would wait for the KEY SHARE lock that every
+    # results insert of the job takes (migration 0011) while holding finish_job_if_done's lock: a deadlock.
+    job = session.get(Job, job_id, with_for_update={"key_share": True})
     options = job.options or {} if job is not None else {}
     if job is None or not (options.get("pacs") or options.get("dicom_claim")) or job.finished_at is None:
         return False
