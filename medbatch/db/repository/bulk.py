@@ -32,9 +32,11 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 def copy_text(values: Sequence[str | None]) -> list[str]:
     """``values`` as fields of PostgreSQL's text COPY format: ``None`` as ``\\N``, backslash, tab and line
     breaks escaped (checked once for the whole column; most columns need no escaping)."""
-    probe = "".join(v for v in values if v)
+    probe = "".join(filter(None, values))
     if any(c in probe for c in _COPY_SPECIAL):
         return ["\\N" if v is None else v.translate(_COPY_ESCAPES) for v in values]
+    if None not in values:  # the usual case (payloads, ids): nothing to replace
+        return list(values)
     return ["\\N" if v is None else v for v in values]
 
 
@@ -76,8 +78,20 @@ def _temp_copy_of(session: Session, table: Table, cols: str) -> str:
 
 def copy_ignore_conflicts(session: Session, table: Table, columns: str, buffer: str, key: list[str]) -> None:
     """PostgreSQL: COPY a prepared text ``buffer`` (see :func:`copy_buffer`) into ``table``, skipping rows whose
-    unique ``key`` already exists: one COPY into a temporary table, one ``INSERT ... SELECT ... ON CONFLICT
-    DO NOTHING``. A JSON column takes JSON text, whether it is ``json``, ``jsonb`` or ``text``."""
+    unique ``key`` already exists. A JSON column takes JSON text, whether it is ``json``, ``jsonb`` or ``text``.
+
+    First one COPY straight into ``table`` under a savepoint: no row exists yet on a first delivery, the usual
+    case. If one does (a re-delivery racing an earlier attempt), that COPY is rolled back whole and the rows go
+    through a temporary table and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, which skips them.
+    """
+    from psycopg.errors import UniqueViolation
+
+    try:
+        with session.begin_nested():
+            copy_buffer(session, table.name, columns, buffer)
+        return
+    except UniqueViolation:
+        pass
     staging = _temp_copy_of(session, table, columns)
     copy_buffer(session, staging, columns, buffer)
     session.execute(

@@ -1,0 +1,62 @@
+"""The tabular bulk write: one COPY on a first delivery, and rows already written are skipped, not doubled."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import select
+
+from medbatch.db import repository as repo
+from medbatch.db.repository.scoring import ScoredColumns, load_pending_inputs, write_scored_batch
+from medbatch.db.session import session_scope
+from medbatch.db.tables import Batch, Item, Result
+
+
+def _scored(ids: list[int], score: float) -> ScoredColumns:
+    n = len(ids)
+    probabilities = np.column_stack([np.full(n, 1 - score), np.full(n, score)])
+    return ScoredColumns("m", "1", ids, ["high"] * n, np.full(n, score), probabilities, ["low", "high"], 0.5)
+
+
+def test_a_write_racing_an_earlier_attempt_keeps_the_first_results_and_adds_the_rest(db_url):
+    # Given a batch of five pending items, two of which already got results from an attempt that committed
+    # before this one read the batch (its items still pending, as a racing duplicate delivery sees them)
+    with session_scope(db_url) as s:
+        job = repo.create_job(s, workload="risk", source_uri="t.csv", model_name="m", model_version="1")
+        items = [
+            {"item_key": f"row:{r}", "source_uri": "t.csv", "source_row": r, "patient_ref": f"P{r}", "payload": {}}
+            for r in range(2, 7)
+        ]
+        batch = repo.stage_batch(s, job_id=job, seq=0, queue="tabular", items=items)
+    with session_scope(db_url) as s:
+        pending = load_pending_inputs(s, batch)
+        earlier = [pending.ids[0], pending.ids[2]]
+        write_scored_batch(s, batch_id=batch, job_id=job, scored=_scored(earlier, 0.9))
+        s.execute(Item.__table__.update().where(Item.batch_id == batch).values(status="pending"))
+    # When this attempt writes all five
+    with session_scope(db_url) as s:
+        pending = load_pending_inputs(s, batch)
+        assert len(pending) == 5
+        write_scored_batch(s, batch_id=batch, job_id=job, scored=_scored(pending.ids, 0.2))
+    # Then each item has exactly one result: the earlier two kept, the other three new; all done
+    with session_scope(db_url) as s:
+        scores = dict(s.execute(select(Result.item_id, Result.score).where(Result.job_id == job)).all())
+        statuses = set(s.scalars(select(Item.status).where(Item.batch_id == batch)))
+        batch_status = s.scalar(select(Batch.status).where(Batch.id == batch))
+    assert sorted(scores) == sorted(pending.ids)
+    assert [scores[i] for i in pending.ids] == [0.9, 0.2, 0.9, 0.2, 0.2]
+    assert statuses == {"done"} and batch_status == "done"
+
+
+def test_result_details_are_the_text_json_dumps_makes_for_any_class_names():
+    import json
+
+    rng = np.random.default_rng(1)
+    for classes, threshold in [(["low", "high"], 0.5), (["a%s", 'q"x', "é"], None), ([0, 1], 0.123456789)]:
+        p = rng.random((40, len(classes)))
+        p[0, 0], p[1, 0], p[2, 0] = 1e-7, 0.0, 1.0
+        scored = ScoredColumns("m", "1", list(range(40)), ["x"] * 40, p[:, 0], p, classes, threshold)
+        want = [
+            {"probabilities": {str(c): v for c, v in zip(classes, row, strict=True)}, "threshold": threshold}
+            for row in p.round(6).tolist()
+        ]
+        assert scored.details() == [json.dumps(w) for w in want]
