@@ -219,3 +219,48 @@ def test_vectorised_chunks_give_exactly_what_the_rule_gives(tmp_path, workload, 
             assert by_line[line]["patient_ref"] == f"P{i}" and line not in why
             assert by_line[line]["payload"] == pytest.approx(values.iloc[i].to_dict(), rel=1e-9)
     assert len(items) + len(rejected) == len(rows)
+
+
+_piece = st.sampled_from(
+    ["54", "27.5", "0", "3", "P7", "", " ", ",", ";", '"', '""', "'", "#", "\\", "\n", "\r\n", "\r", "\x00", "é", "\t"]
+    + ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\ufeff", "NA", "nan", "1e400"]
+)
+_line = st.lists(_piece, max_size=12).map("".join)
+_ending = st.sampled_from(["\n", "\r\n", "\r", ""])
+
+
+def _chunks(path: Path, chunk_rows: int) -> list:
+    return [
+        ([{**i, "payload": str(i["payload"])} for i in chunk.items], chunk.rejected)
+        for chunk in iter_record_chunks(path, "risk", chunk_rows=chunk_rows)
+    ]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from(["P1,54,27.5,3,0", "P2,61,31,0,20"]), st.just("\n")), st.tuples(_line, _ending)
+        ),
+        max_size=40,
+    ),
+    block=st.integers(8, 120),
+    chunk_rows=st.integers(1, 9),
+)
+def test_plain_blocks_read_whole_give_exactly_what_the_csv_module_gives(
+    tmp_path, monkeypatch, lines, block, chunk_rows
+):
+    """Property: reading plain blocks whole in C (quote-free lines of the header's width) changes nothing:
+    the same items, line numbers, rejections and chunking as reading every line through the csv module."""
+    from medbatch.producer import records
+
+    path = tmp_path / "any.csv"
+    path.write_bytes((HEADER + "\n" + "".join(t + e for t, e in lines)).encode())
+    with monkeypatch.context() as patch:  # undone after each example (the fixture lives across them)
+        patch.setattr(records, "BLOCK_CHARS", block)  # many blocks: plain ones, odd ones, fields across them
+        whole = _chunks(path, chunk_rows)
+        patch.setattr(records, "_plain_columns", lambda *_: None)
+        by_line = _chunks(path, chunk_rows)
+    assert whole == by_line
