@@ -138,12 +138,11 @@ def write_scored_batch(
                     for i, label, score, detail in zip(ids, scored.labels, scores, details, strict=True)
                 ],
             )
-    finished = complete_batch(session, batch_id=batch_id, job_id=job_id, results=(), failures=failures)
-    if len(scored):
         # Every item of the batch that did not fail now has a result (written above or by an earlier attempt).
-        session.execute(
-            update(Item)
-            .where(Item.batch_id == batch_id, Item.status == ItemStatus.PENDING.value)
-            .values(status=ItemStatus.DONE.value)
-        )
-    return finished
+        # Marked before complete_batch locks the batch and job rows, so those locks are held the shortest time
+        # (every finishing batch of the job queues on the job row) and a wait here holds neither.
+        done = update(Item).where(Item.batch_id == batch_id, Item.status == ItemStatus.PENDING.value)
+        if failures:
+            done = done.where(Item.id.not_in([f["item_id"] for f in failures]))
+        session.execute(done.values(status=ItemStatus.DONE.value))
+    return complete_batch(session, batch_id=batch_id, job_id=job_id, results=(), failures=failures)
