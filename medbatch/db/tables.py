@@ -104,7 +104,9 @@ POSTGRESQL_ONLY: frozenset[str] = frozenset()
 
 #: Foreign keys that PostgreSQL checks with statement-level triggers instead (migration 0011: one check per
 #: COPY instead of one query per row), as (table, column). Declared here for SQLite and for readers.
-CHECKED_BY_TRIGGER_ON_POSTGRESQL: frozenset[tuple[str, str]] = frozenset({("items", "batch_id"), ("results", "item_id")})
+CHECKED_BY_TRIGGER_ON_POSTGRESQL: frozenset[tuple[str, str]] = frozenset(
+    {("items", "batch_id"), ("results", "item_id")}
+)
 
 
 def include_object_for(dialect: str):  # noqa: ANN201 - returns Alembic's include_object hook

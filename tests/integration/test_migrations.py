@@ -167,7 +167,8 @@ def test_item_and_result_keys_refuse_orphans_and_cascade_on_either_database(db_u
         conn.execute(text("DELETE FROM items WHERE id = :i"), {"i": items[0]})
         assert conn.scalar(text("SELECT count(*) FROM results WHERE job_id = :j"), {"j": job}) == len(items) - 1
         conn.execute(text("DELETE FROM batches WHERE id = :b"), {"b": batch})
-        left = [conn.scalar(text(f"SELECT count(*) FROM {t} WHERE job_id = :j"), {"j": job}) for t in ("items", "results")]
+        count = "SELECT count(*) FROM {} WHERE job_id = :j"
+        left = [conn.scalar(text(count.format(t)), {"j": job}) for t in ("items", "results")]
     assert left == [0, 0] and _orphans(db_url) == []
 
 

@@ -143,7 +143,8 @@ CREATE TRIGGER batches_id_immutable BEFORE UPDATE OF id ON batches
 CREATE TRIGGER results_item_id_fkey AFTER INSERT ON results
     REFERENCING NEW TABLE AS new_results FOR EACH STATEMENT EXECUTE FUNCTION medbatch_results_item_check();
 CREATE TRIGGER results_item_id_fkey_update AFTER UPDATE OF item_id, job_id ON results
-    FOR EACH ROW WHEN (NEW.item_id IS DISTINCT FROM OLD.item_id OR NEW.job_id IS DISTINCT FROM OLD.job_id) EXECUTE FUNCTION medbatch_result_item_check_row();
+    FOR EACH ROW WHEN (NEW.item_id IS DISTINCT FROM OLD.item_id OR NEW.job_id IS DISTINCT FROM OLD.job_id)
+    EXECUTE FUNCTION medbatch_result_item_check_row();
 CREATE TRIGGER items_delete_results AFTER DELETE ON items
     REFERENCING OLD TABLE AS old_items FOR EACH STATEMENT EXECUTE FUNCTION medbatch_items_delete_results();
 CREATE TRIGGER items_id_immutable BEFORE UPDATE OF id ON items
