@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from medbatch.errors import InvalidInput
 from medbatch.ml import images
 from medbatch.nightly import _read_request
+from medbatch.producer.csvtext import MAX_LINE_CHARS
 from medbatch.producer.generation import request_from_json
 from medbatch.producer.paths import open_regular
-from medbatch.producer.records import MAX_LINE_CHARS, iter_record_chunks, read_header
+from medbatch.producer.records import iter_record_chunks, read_header
 
 HEADER = "patient_id,age,bmi,exercise_frequency,smoking_history"
 

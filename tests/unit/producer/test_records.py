@@ -254,13 +254,13 @@ def test_plain_blocks_read_whole_give_exactly_what_the_csv_module_gives(
 ):
     """Property: reading plain blocks whole in C (quote-free lines of the header's width) changes nothing:
     the same items, line numbers, rejections and chunking as reading every line through the csv module."""
-    from medbatch.producer import records
+    from medbatch.producer import csvtext
 
     path = tmp_path / "any.csv"
     path.write_bytes((HEADER + "\n" + "".join(t + e for t, e in lines)).encode())
     with monkeypatch.context() as patch:  # undone after each example (the fixture lives across them)
-        patch.setattr(records, "BLOCK_CHARS", block)  # many blocks: plain ones, odd ones, fields across them
+        patch.setattr(csvtext, "BLOCK_CHARS", block)  # many blocks: plain ones, odd ones, fields across them
         whole = _chunks(path, chunk_rows)
-        patch.setattr(records, "_plain_columns", lambda *_: None)
+        patch.setattr(csvtext, "plain_columns", lambda *_: None)
         by_line = _chunks(path, chunk_rows)
     assert whole == by_line
