@@ -112,11 +112,14 @@ def every_row_sampler(gen, n: int, seed: int, temperature: float, limit: int) ->
 
 
 @pytest.mark.parametrize(("n", "seed", "temperature", "limit"), [(64, 7, 1.0, 100), (33, 2, 0.7, 100), (16, 5, 1.3, 6)])
-def test_stepping_only_live_rows_draws_exactly_what_stepping_every_row_did(generator, n, seed, temperature, limit):
-    # re-delivering a batch sampled before the sampler dropped ended rows must give the very same molecules
+def test_stepping_only_live_rows_draws_the_same_molecules_as_stepping_every_row(generator, n, seed, temperature, limit):
+    # re-delivering a batch sampled before the sampler dropped ended rows must give the very same molecules.
+    # Their likelihoods agree to float32 rounding, not always to the bit: the CPU kernels a matrix product
+    # gets depend on its row count on some machines (bit-equal on one 2-core machine, 1e-6 apart on another)
     ids, nll = generator.sample_ids_nll(n, seed=seed, temperature=temperature, max_tokens=limit)
     ref_ids, ref_nll = every_row_sampler(generator, n, seed, temperature, limit)
-    assert np.array_equal(ids, ref_ids) and np.array_equal(nll, ref_nll)
+    assert np.array_equal(ids, ref_ids)
+    np.testing.assert_allclose(nll, ref_nll, rtol=1e-6, atol=1e-5)
 
 
 def test_a_gru_model_samples_through_the_same_sampler(generator):
