@@ -203,6 +203,8 @@ class _Pending:
     def take(self, limit: int) -> tuple[list[np.ndarray], np.ndarray]:
         """The first ``limit`` rows (or all) as the wanted columns and their line numbers; the rest stay."""
         self._flush_rows()
+        if not self.parts:
+            return [np.empty(0, dtype=object) for _ in self.wanted], np.zeros(0, dtype=np.int64)
         columns = [np.concatenate([part[0][k] for part in self.parts]) for k in range(len(self.wanted))]
         lines = np.concatenate([part[1] for part in self.parts])
         rest = ([c[limit:] for c in columns], lines[limit:])
@@ -278,10 +280,7 @@ def iter_record_chunks(
                 }
             )
         if waiting.count or pre_rejected:
-            if waiting.count:
-                yield chunk(*waiting.take(waiting.count), pre_rejected)
-            else:
-                yield _validate_chunk({}, None, np.zeros(0, dtype=np.int64), source, workload, pre_rejected, fh)
+            yield chunk(*waiting.take(waiting.count), pre_rejected)
 
 
 #: A plain decimal number: what Arrow's cast reads exactly as pandas' ``to_numeric`` does (bit for bit on
