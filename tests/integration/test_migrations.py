@@ -225,3 +225,26 @@ def test_a_delete_racing_a_results_write_leaves_no_orphan(db_url):
     assert len(outcome) == 1 and isinstance(outcome[0], IntegrityError) and _orphans(db_url) == []
     worker.close()
     deleter_conn.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_marking_items_done_writes_one_wal_record_a_row_and_ids_stay_refused(db_url):
+    """0012: the guards on ``items.id`` and ``batches.id`` are AFTER row triggers. As BEFORE triggers (0011) they
+    made PostgreSQL lock every updated row first, one more WAL record per item on the worker's done-marking."""
+    from sqlalchemy.exc import IntegrityError
+
+    job, batch, items = _job_items(db_url, n=400)
+    engine = get_engine(db_url)
+    with engine.connect() as conn, conn.begin() as tx:
+        plan = conn.execute(
+            text("EXPLAIN (ANALYZE, WAL, FORMAT JSON) UPDATE items SET status = 'done' WHERE batch_id = :b"),
+            {"b": batch},
+        ).scalar_one()
+        tx.rollback()
+    records = plan[0]["Plan"]["WAL Records"]
+    assert len(items) <= records < 1.5 * len(items), records  # an update each, not a lock and an update
+    for table, row in (("items", items[0]), ("batches", batch)):
+        with pytest.raises(IntegrityError, match="is referenced and cannot change"), engine.begin() as conn:
+            conn.execute(text(f"UPDATE {table} SET id = id + 100000 WHERE id = :i"), {"i": row})
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM items WHERE batch_id = :b"), {"b": batch}) == len(items)
