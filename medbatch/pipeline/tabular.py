@@ -30,9 +30,7 @@ def predict_items(model: Any, items: PendingInputs) -> tuple[ScoredColumns, list
     Returns:
         ``(results, failures)`` for :func:`medbatch.db.repository.scoring.write_scored_batch`.
     """
-    import pandas as pd
-
-    frame = pd.DataFrame.from_records(items.records())
+    frame = items.frame()
     try:
         return _scored(model, items.ids, model.predict(frame)), []
     except Exception:  # noqa: BLE001 - one bad row must not sink the batch: isolate it

@@ -4,10 +4,11 @@ one COPY (PostgreSQL) or one executemany (SQLite), idempotently (``results.item_
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import update
@@ -16,6 +17,9 @@ from sqlalchemy.orm import Session
 from medbatch.db.repository.batches import complete_batch
 from medbatch.db.repository.bulk import _dialect, copy_ignore_conflicts, copy_text
 from medbatch.db.tables import Item, ItemStatus, Result, utcnow
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class PendingItem(NamedTuple):
@@ -38,9 +42,26 @@ class PendingInputs:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def records(self) -> list[dict[str, Any]]:
-        """The payloads decoded with one parse of the whole batch (not one ``json.loads`` per row)."""
-        return json.loads("[" + ",".join(self.payloads) + "]") if self.payloads else []
+    def frame(self) -> pd.DataFrame:
+        """The payloads as one DataFrame, a row per item in order, a column per key (missing keys are null).
+
+        Arrow's JSON reader parses the batch's lines in C (4.7 ms instead of 12 ms for 10,000 risk rows, with
+        ``json.loads`` of the whole batch and ``DataFrame.from_records``). A batch Arrow cannot type (a key whose
+        values mix numbers and strings, say) is read the old way, which gives the same frame wherever both can.
+        """
+        import pandas as pd
+
+        if not self.payloads:
+            return pd.DataFrame()
+        from pyarrow import ArrowInvalid
+        from pyarrow import json as arrow_json
+
+        try:
+            lines = "\n".join(self.payloads).encode()
+            table = arrow_json.read_json(io.BytesIO(lines), read_options=arrow_json.ReadOptions(use_threads=False))
+        except ArrowInvalid:
+            return pd.DataFrame.from_records(json.loads("[" + ",".join(self.payloads) + "]"))
+        return table.to_pandas()
 
     def item(self, i: int) -> PendingItem:
         """Row ``i`` with the attributes a failure record takes."""
@@ -92,12 +113,31 @@ class ScoredColumns:
     def __len__(self) -> int:
         return len(self.item_ids)
 
-    def details(self) -> list[str]:
-        # One %-template for every row: a join of per-class pieces per row cost 5 s of a million.
+    def _detail_template(self) -> str:
+        """The ``detail`` JSON with a ``%r`` for each class's probability (one %-template for every row: a join
+        of per-class pieces per row cost 5 s of a million)."""
         keys = [json.dumps(str(c)).replace("%", "%%") for c in self.classes]  # JSON keys are strings
         threshold = json.dumps(self.threshold).replace("%", "%%")
-        template = '{"probabilities": {' + ", ".join(f"{k}: %r" for k in keys) + '}, "threshold": ' + threshold + "}"
-        return list(map(template.__mod__, map(tuple, self.probabilities.round(6).tolist())))
+        return '{"probabilities": {' + ", ".join(f"{k}: %r" for k in keys) + '}, "threshold": ' + threshold + "}"
+
+    def _rounded(self) -> list[list[float]]:
+        """The probabilities rounded to 6 decimals, a Python list per class (``%r`` of a numpy float is not a
+        number)."""
+        return self.probabilities.round(6).T.tolist()
+
+    def details(self) -> list[str]:
+        return list(map(self._detail_template().__mod__, zip(*self._rounded(), strict=True)))
+
+    def copy_lines(self, job_id: int, stamp: str) -> str:
+        """The rows of ``results`` (:data:`_RESULT_COLUMNS`) in PostgreSQL's text COPY format, from one
+        %-template per row: the constant fields and the detail's keys escaped once, the floats as ``%r``
+        (no tab, backslash or line break in either), each label through :func:`copy_text`."""
+        fixed = copy_text([self.model_name, self.model_version, stamp, self._detail_template()])
+        name, version, stamp, detail = (f.replace("%", "%%") if i < 3 else f for i, f in enumerate(fixed))
+        row = f"%s\t{job_id}\t{name}\t{version}\t%s\t%r\t{detail}\t{stamp}\n"
+        labels = copy_text(list(self.labels))
+        columns = zip(self.item_ids, labels, self.scores.tolist(), *self._rounded(), strict=True)
+        return "".join(map(row.__mod__, columns))
 
 
 _RESULT_COLUMNS = "item_id, job_id, model_name, model_version, label, score, detail, created_at"
@@ -114,19 +154,8 @@ def write_scored_batch(
     """
     if len(scored):
         now = utcnow()
-        details = scored.details()
-        scores = scored.scores.tolist()
-        ids = list(scored.item_ids)
         if _dialect(session) == "postgresql":
-            name, version = copy_text([scored.model_name, scored.model_version])
-            stamp = now.isoformat()
-            labels = copy_text(list(scored.labels))
-            buffer = "".join(
-                [
-                    f"{i}\t{job_id}\t{name}\t{version}\t{label}\t{score!r}\t{detail}\t{stamp}\n"
-                    for i, label, score, detail in zip(ids, labels, scores, copy_text(details), strict=True)
-                ]
-            )
+            buffer = scored.copy_lines(job_id, now.isoformat())
             copy_ignore_conflicts(session, Result.__table__, _RESULT_COLUMNS, buffer, ["item_id"])
         else:
             stamp = Result.__table__.c.created_at.type.bind_processor(session.get_bind().dialect)(now)
@@ -135,7 +164,9 @@ def write_scored_batch(
                 "ON CONFLICT (item_id) DO NOTHING",
                 [
                     (i, job_id, scored.model_name, scored.model_version, label, score, detail, stamp)
-                    for i, label, score, detail in zip(ids, scored.labels, scores, details, strict=True)
+                    for i, label, score, detail in zip(
+                        scored.item_ids, scored.labels, scored.scores.tolist(), scored.details(), strict=True
+                    )
                 ],
             )
         # Every item of the batch that did not fail now has a result (written above or by an earlier attempt).

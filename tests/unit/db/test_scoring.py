@@ -60,3 +60,41 @@ def test_result_details_are_the_text_json_dumps_makes_for_any_class_names():
             for row in p.round(6).tolist()
         ]
         assert scored.details() == [json.dumps(w) for w in want]
+
+
+def test_a_batch_frame_read_by_arrow_is_the_frame_json_and_pandas_make():
+    """PendingInputs.frame() parses the payloads with Arrow's JSON reader; wherever the old reading (one json.loads,
+    DataFrame.from_records) gives a frame, it must be the same one, and a batch Arrow cannot type is read that way."""
+    import json
+
+    import pandas as pd
+
+    from medbatch.db.repository.scoring import PendingInputs
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        n = int(rng.integers(1, 40))
+        rows = []
+        for _ in range(n):
+            row = {
+                "age": float(rng.integers(18, 100)) if rng.random() > 0.1 else None,
+                "bmi": round(float(rng.normal(27, 5)), 1),
+                "diabetes": bool(rng.random() > 0.5) if rng.random() > 0.2 else None,
+                "smoking_history": int(rng.integers(0, 40)) if trial % 2 else float(rng.integers(0, 40)) + 0.5,
+                "note": "x" if rng.random() > 0.5 else None,
+            }
+            rows.append({k: v for k, v in row.items() if rng.random() > 0.05})  # now and then a key is missing
+        payloads = [json.dumps(r) for r in rows]
+        inputs = PendingInputs(list(range(n)), ["t.csv"] * n, list(range(n)), [None] * n, payloads)
+        want = pd.DataFrame.from_records(json.loads("[" + ",".join(payloads) + "]"))
+        got = inputs.frame()
+        assert len(got) == n
+        # Same columns in the same order, same dtypes, same values; a missing key's null is None in a column of
+        # objects where from_records puts NaN (the models read both as missing)
+        assert list(got.columns) == list(want.columns)
+        pd.testing.assert_series_equal(got.dtypes, want.dtypes)
+        nulls_as_none = lambda f: f.astype(object).where(f.notna(), None)  # noqa: E731
+        assert nulls_as_none(got).values.tolist() == nulls_as_none(want).values.tolist()
+    mixed = PendingInputs([1, 2], ["t"] * 2, [1, 2], [None] * 2, ['{"a": 1}', '{"a": "one"}'])
+    assert mixed.frame()["a"].tolist() == [1, "one"]
+    assert len(PendingInputs([], [], [], [], []).frame()) == 0
