@@ -15,9 +15,19 @@ from typing import Any
 import numpy as np
 
 from medbatch.db import repository as repo
+from medbatch.db.rawjson import records_frame
 from medbatch.db.session import session_scope
 
 log = logging.getLogger("medbatch.pipeline.drift")
+
+
+def _column(frame: Any, name: str) -> np.ndarray:
+    """Feature ``name`` of the payloads as floats; NaN where a payload lacks it."""
+    import pandas as pd
+
+    if name not in frame.columns:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
@@ -57,11 +67,13 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
         if workload == "xray":
             names = list(reference.get("features") or {})
             inputs = [(d.get("input_features") or {}) for d, _ in rows]
+            features = {f: np.array([float(p.get(f, np.nan)) for p in inputs], dtype=np.float64) for f in names}
+            scores = np.array([np.nan if sc is None else sc for _, sc in rows], dtype=np.float64)
         else:
-            names = list(model.features)
-            inputs = [p for p, _ in rows]
-        features = {f: np.array([float(p.get(f, np.nan)) for p in inputs], dtype=np.float64) for f in names}
-        scores = np.array([np.nan if sc is None else sc for _, sc in rows], dtype=np.float64)
+            payloads, sample_scores = rows
+            frame = records_frame(payloads)
+            features = {f: _column(frame, f) for f in model.features}
+            scores = np.array([np.nan if sc is None else sc for sc in sample_scores], dtype=np.float64)
         metrics = {"drift": {"available": True, **drift.compare(reference, features, scores)}}
     with session_scope(database_url) as s:
         repo.set_job_metrics(s, job_id, metrics)

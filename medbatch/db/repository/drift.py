@@ -18,9 +18,36 @@ DRIFT_WORKLOADS = ("risk", "treatment", "xray")
 
 def job_scored_inputs(
     session: Session, job_id: int, limit: int = DRIFT_SAMPLE_ROWS
-) -> list[tuple[dict[str, Any], float | None]]:
-    """``(validated payload, score)`` of up to ``limit`` scored items of the job, in item order."""
-    return _with_scores(session, job_id, Item.payload, limit)
+) -> tuple[list[str], list[float | None]]:
+    """The validated payloads (JSON text, as stored) and scores of up to ``limit`` scored items of the job, in item
+    order, as two columns.
+
+    Read batch by batch like :func:`_with_scores`, through the driver's cursor with the payload as text: the
+    ORM's rows and a ``json.loads`` per payload took 0.88 s of the 100,000-row sample, at the end of every job.
+    """
+    mark = "%s" if session.get_bind().dialect.name == "postgresql" else "?"
+    query = (
+        "SELECT CAST(i.payload AS TEXT), r.score FROM items i JOIN results r ON r.item_id = i.id "
+        f"WHERE i.batch_id = {mark} ORDER BY i.id LIMIT {mark}"
+    )
+    payloads: list[str] = []
+    scores: list[float | None] = []
+    cursor = session.connection().connection.dbapi_connection.cursor()
+    try:
+        for batch_id in _batches(session, job_id):
+            cursor.execute(query, (batch_id, limit - len(payloads)))
+            for payload, score in cursor.fetchall():
+                payloads.append(payload)
+                scores.append(score)
+            if len(payloads) >= limit:
+                break
+    finally:
+        cursor.close()
+    return payloads, scores
+
+
+def _batches(session: Session, job_id: int) -> list[int]:
+    return list(session.execute(select(Batch.id).where(Batch.job_id == job_id).order_by(Batch.seq)).scalars())
 
 
 def job_scored_details(
@@ -38,8 +65,7 @@ def _with_scores(session: Session, job_id: int, column: Any, limit: int) -> list
     whole job joined and sorted every item of it first (17 s for a 10,000,000-row job; this reads 100,000).
     """
     out: list[tuple[dict[str, Any], float | None]] = []
-    batches = session.execute(select(Batch.id).where(Batch.job_id == job_id).order_by(Batch.seq)).scalars().all()
-    for batch_id in batches:
+    for batch_id in _batches(session, job_id):
         stmt = (
             select(column, Result.score)
             .select_from(Item)
