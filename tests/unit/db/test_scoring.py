@@ -98,3 +98,27 @@ def test_a_batch_frame_read_by_arrow_is_the_frame_json_and_pandas_make():
     mixed = PendingInputs([1, 2], ["t"] * 2, [1, 2], [None] * 2, ['{"a": 1}', '{"a": "one"}'])
     assert mixed.frame()["a"].tolist() == [1, "one"]
     assert len(PendingInputs([], [], [], [], []).frame()) == 0
+
+
+def test_copy_lines_carry_each_field_as_copy_reads_it_for_awkward_names_and_labels():
+    """The results COPY lines (one %-template per row) hold, field by field, what the SQLite path inserts: the
+    labels and the model's name escaped for COPY, a literal % kept, the detail the same text as details()."""
+    unescape = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+
+    def copy_field(text: str) -> str | None:
+        import re
+
+        return None if text == "\\N" else re.sub(r"\\[\\tnr]", lambda m: unescape[m.group()], text)
+
+    rng = np.random.default_rng(3)
+    p = rng.random((25, 2))
+    labels = ["lo\tw%s", "hi\\gh", None, "ok%%", "line\nbreak"] * 5
+    scored = ScoredColumns("m\t%d", "1\\0%", list(range(100, 125)), labels, p[:, 1], p, ['a\t"%', "b\\"], 0.5)
+    lines = scored.copy_lines(42, "2026-12-05T17:00:00+00:00")
+    assert lines.endswith("\n")
+    rows = [[copy_field(f) for f in line.split("\t")] for line in lines[:-1].split("\n")]
+    want = [
+        [str(i), "42", "m\t%d", "1\\0%", label, repr(score), detail, "2026-12-05T17:00:00+00:00"]
+        for i, label, score, detail in zip(scored.item_ids, labels, p[:, 1].tolist(), scored.details(), strict=True)
+    ]
+    assert rows == want
