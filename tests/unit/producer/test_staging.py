@@ -1,0 +1,117 @@
+"""Staging a CSV's validated rows: the same items on either database, and every send recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from medbatch.db import repository as repo
+from medbatch.db.repository.staging import ItemColumns
+from medbatch.db.session import session_scope
+from medbatch.db.tables import Batch, BatchStatus, Item
+from medbatch.errors import BrokerUnavailable
+from medbatch.producer.chunks import RecordChunk
+from medbatch.producer.staging import stage_job
+
+# Patient ids and payloads that each escaping layer could get wrong: quotes, backslashes, tabs, line breaks,
+# COPY's null marker as text, non-ASCII, SQL and JSON syntax, a missing id.
+AWKWARD_REFS = ['O"Brien', "back\\slash", "tab\there", "line\nbreak", "\\N", None, "Zoë 患者", "x'); DROP", "[1,2]"]
+
+
+def _columns(rows: list[int], source: str = "/data/night's file.csv") -> ItemColumns:
+    refs = [AWKWARD_REFS[i % len(AWKWARD_REFS)] for i in range(len(rows))]
+    payloads = [json.dumps({"age": 40 + i, "note": f"é\\\t{i}", "bmi": 21.5 + i / 10}) for i in range(len(rows))]
+    return ItemColumns(source, np.asarray(rows, dtype=np.int64), refs, payloads)
+
+
+def _job(url: str) -> int:
+    with session_scope(url) as s:
+        return repo.create_job(s, workload="risk", source_uri="f.csv", model_name="risk", model_version="1")
+
+
+def test_item_columns_stage_as_the_same_rows_on_either_database(db_url):
+    # Given 7 validated rows with awkward ids and payloads, staged as batches of 3
+    job = _job(db_url)
+    items = _columns([2, 3, 5, 8, 13, 21, 34])
+    with session_scope(db_url) as s:
+        batch_ids = repo.stage_batches(s, job_id=job, first_seq=4, queue="tabular", items=items, batch_size=3)
+    # Then each row is one item, in order, in its batch, with every field as given
+    with session_scope(db_url) as s:
+        staged = s.execute(select(Item).order_by(Item.id)).scalars().all()
+        seqs = dict(s.execute(select(Batch.id, Batch.seq)).all())
+    assert [seqs[b] for b in batch_ids] == [4, 5, 6]
+    assert [it.batch_id for it in staged] == [batch_ids[0]] * 3 + [batch_ids[1]] * 3 + [batch_ids[2]]
+    assert [it.item_key for it in staged] == [f"row:{r}" for r in items.source_rows.tolist()]
+    assert [it.source_row for it in staged] == items.source_rows.tolist()
+    assert [it.patient_ref for it in staged] == items.patient_refs
+    assert [it.payload for it in staged] == [json.loads(p) for p in items.payloads]
+    assert {it.source_uri for it in staged} == {"/data/night's file.csv"}
+    assert {it.job_id for it in staged} == {job} and {it.status for it in staged} == {"pending"}
+
+
+def _chunks(n: int, per: int) -> list[RecordChunk]:
+    return [RecordChunk(items=_columns(list(range(2 + k * per, 2 + (k + 1) * per)))) for k in range(n)]
+
+
+def _statuses(url: str, job: int) -> list[str]:
+    with session_scope(url) as s:
+        return list(s.scalars(select(Batch.status).where(Batch.job_id == job).order_by(Batch.seq)))
+
+
+def test_every_sent_batch_is_recorded_as_sent_by_the_end_of_staging(sqlite_url):
+    # Given a sender that remembers, at each send, how the earlier batches stood in the database
+    seen: list[list[str]] = []
+
+    def send(_task, _queue, batch_id):
+        with session_scope(sqlite_url) as s:
+            job = s.scalar(select(Batch.job_id).where(Batch.id == batch_id))
+        seen.append(_statuses(sqlite_url, job))
+
+    # When three chunks of three rows are staged in batches of two (the last batch, of one row, at the end)
+    summary = stage_job(
+        database_url=sqlite_url,
+        workload="risk",
+        source="f.csv",
+        model=("risk", "1"),
+        options={},
+        chunks=_chunks(3, 3),
+        batch_size=2,
+        send=send,
+    )
+    # Then every batch was sent once and ends recorded as queued, with its time
+    assert summary.batches == summary.batches_sent == 5
+    assert _statuses(sqlite_url, summary.job_id) == [BatchStatus.QUEUED.value] * 5
+    with session_scope(sqlite_url) as s:
+        assert None not in s.scalars(select(Batch.queued_at).where(Batch.job_id == summary.job_id)).all()
+    # And a chunk's sends were recorded by the time the next chunk's batches went out
+    assert seen[1][:1] == [BatchStatus.QUEUED.value] and seen[3][:3] == [BatchStatus.QUEUED.value] * 3
+
+
+def test_a_broker_lost_mid_staging_leaves_exactly_the_sent_batches_recorded(sqlite_url):
+    # Given a broker that goes away at the fourth message
+    calls = []
+
+    def send(_task, _queue, batch_id):
+        calls.append(batch_id)
+        if len(calls) >= 4:
+            raise BrokerUnavailable("connection refused")
+
+    # When three chunks of two batches each are staged
+    with pytest.raises(BrokerUnavailable, match="but 3 of 6 batches could not be sent"):
+        stage_job(
+            database_url=sqlite_url,
+            workload="risk",
+            source="f.csv",
+            model=("risk", "1"),
+            options={},
+            chunks=_chunks(3, 4),
+            batch_size=2,
+            send=send,
+        )
+    # Then all six batches are staged, the three sent are queued and the rest wait as pending for `resume`
+    with session_scope(sqlite_url) as s:
+        job = s.scalar(select(Batch.job_id))
+    assert _statuses(sqlite_url, job) == [BatchStatus.QUEUED.value] * 3 + [BatchStatus.PENDING.value] * 3
