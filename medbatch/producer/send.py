@@ -39,23 +39,37 @@ def celery_sender(app, database_url: str | None = None) -> Send:
 
 
 def send_batches(
-    send: Send, database_url: str, batches: Sequence[tuple[int, str]], task: str, *, resend: bool = False
+    send: Send,
+    database_url: str,
+    batches: Sequence[tuple[int, str]],
+    task: str,
+    *,
+    resend: bool = False,
+    sent: list[int] | None = None,
 ) -> int:
     """Send one message per (batch id, queue) and record the sends. Returns how many were sent.
 
     Args:
         resend: these batches were sent before (resume, reconcile): refresh their state and time.
+        sent: leave the record of a complete send to the caller: the ids are appended here, and the caller
+            records them (:func:`medbatch.db.repository.mark_batches_queued`) in its next transaction. A send
+            that fails part-way records the ones sent at once, as without it.
 
     Raises:
         BrokerUnavailable: after recording the ones sent before the failure.
     """
-    sent: list[int] = []
+    done: list[int] = []
     try:
         for batch_id, queue in batches:
             send(task, queue, batch_id)
-            sent.append(batch_id)
+            done.append(batch_id)
+    except BaseException:
+        sent = None  # record now: the caller will not get to its next transaction normally
+        raise
     finally:
-        if sent:
+        if done and sent is None:
             with session_scope(database_url) as s:
-                (repo.mark_batches_resent if resend else repo.mark_batches_queued)(s, sent)
-    return len(sent)
+                (repo.mark_batches_resent if resend else repo.mark_batches_queued)(s, done)
+        elif done:
+            sent.extend(done)
+    return len(done)
