@@ -1,9 +1,9 @@
 """Stage validated inputs in the database, commit, and only then send one message per batch.
 
 A job is created with the model it will use (:func:`ensure_model`), then staged one transaction per
-chunk of input; each chunk's batches are sent after its commit. If the broker is down after staging, the
-batches stay ``pending`` in the database and ``medbatch resume JOB`` (or the reconciler) sends them later:
-nothing is lost.
+chunk of input; each chunk's batches are sent after its commit, and recorded as sent (``queued``) in the next
+chunk's transaction. If the broker is down after staging, the batches stay ``pending`` in the database and
+``medbatch resume JOB`` (or the reconciler) sends them later: nothing is lost.
 """
 
 from __future__ import annotations
