@@ -56,6 +56,20 @@ def _chunks(n: int, per: int) -> list[RecordChunk]:
     return [RecordChunk(items=_columns(list(range(2 + k * per, 2 + (k + 1) * per)))) for k in range(n)]
 
 
+def _stage(url: str, chunks: list[RecordChunk], send):
+    """Stage ``chunks`` as a risk job in batches of two, sending with ``send``."""
+    return stage_job(
+        database_url=url,
+        workload="risk",
+        source="f.csv",
+        model=("risk", "1"),
+        options={},
+        chunks=chunks,
+        batch_size=2,
+        send=send,
+    )
+
+
 def _statuses(url: str, job: int) -> list[str]:
     with session_scope(url) as s:
         return list(s.scalars(select(Batch.status).where(Batch.job_id == job).order_by(Batch.seq)))
@@ -71,16 +85,7 @@ def test_every_sent_batch_is_recorded_as_sent_by_the_end_of_staging(sqlite_url):
         seen.append(_statuses(sqlite_url, job))
 
     # When three chunks of three rows are staged in batches of two (the last batch, of one row, at the end)
-    summary = stage_job(
-        database_url=sqlite_url,
-        workload="risk",
-        source="f.csv",
-        model=("risk", "1"),
-        options={},
-        chunks=_chunks(3, 3),
-        batch_size=2,
-        send=send,
-    )
+    summary = _stage(sqlite_url, _chunks(3, 3), send)
     # Then every batch was sent once and ends recorded as queued, with its time
     assert summary.batches == summary.batches_sent == 5
     assert _statuses(sqlite_url, summary.job_id) == [BatchStatus.QUEUED.value] * 5
@@ -101,16 +106,7 @@ def test_a_broker_lost_mid_staging_leaves_exactly_the_sent_batches_recorded(sqli
 
     # When three chunks of two batches each are staged
     with pytest.raises(BrokerUnavailable, match="but 3 of 6 batches could not be sent"):
-        stage_job(
-            database_url=sqlite_url,
-            workload="risk",
-            source="f.csv",
-            model=("risk", "1"),
-            options={},
-            chunks=_chunks(3, 4),
-            batch_size=2,
-            send=send,
-        )
+        _stage(sqlite_url, _chunks(3, 4), send)
     # Then all six batches are staged, the three sent are queued and the rest wait as pending for `resume`
     with session_scope(sqlite_url) as s:
         job = s.scalar(select(Batch.job_id))
