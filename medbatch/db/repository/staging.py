@@ -146,7 +146,7 @@ def stage_batches(
         return batch_ids
     owners = np.repeat(np.asarray(batch_ids, dtype=np.int64), sizes)
     if columns:
-        _copy_item_columns(session, job_id, owners, items)
+        _stage_item_columns(session, job_id, owners, items)
         return batch_ids
     bulk_insert(
         session,
@@ -183,25 +183,39 @@ _SQLITE_ITEMS_INSERT = (
 )
 
 
-def _sqlite_item_rows(items: ItemColumns, seqs: np.ndarray) -> str:
-    """The JSON array :data:`_SQLITE_ITEMS_INSERT` reads: ``[batch seq, line, patient id, payload text]`` a row."""
+def _sqlite_item_rows(items: ItemColumns, seqs: np.ndarray) -> str | None:
+    """The JSON array :data:`_SQLITE_ITEMS_INSERT` reads: ``[batch seq, line, patient id, payload text]`` a row;
+    None when a text holds a NUL character (SQLite's ``json_extract`` would end the text there)."""
+    texts = (items.source_uri, "".join(filter(None, items.patient_refs)), "".join(items.payloads))
+    if any("\x00" in t for t in texts):
+        return None
     rows = zip(seqs.tolist(), items.source_rows.tolist(), items.patient_refs, items.payloads, strict=True)
     return json.dumps(list(rows))
 
 
-def _copy_item_columns(session: Session, job_id: int, owners: np.ndarray, items: ItemColumns) -> None:
+def _stage_item_columns(session: Session, job_id: int, owners: np.ndarray, items: ItemColumns) -> None:
     pending = ItemStatus.PENDING.value
     rows = items.source_rows.tolist()
-    source = copy_text([items.source_uri])[0]
-    refs = copy_text(items.patient_refs)
-    payloads = copy_text(items.payloads)
-    buffer = "".join(
+    if _dialect(session) == "postgresql":
+        source = copy_text([items.source_uri])[0]
+        refs = copy_text(items.patient_refs)
+        payloads = copy_text(items.payloads)
+        buffer = "".join(
+            [
+                f"{job_id}\t{owner}\trow:{row}\t{source}\t{row}\t{ref}\t{payload}\t{pending}\n"
+                for owner, row, ref, payload in zip(owners.tolist(), rows, refs, payloads, strict=True)
+            ]
+        )
+        copy_buffer(session, "items", _ITEM_COLUMNS, buffer)
+        return
+    # SQLite, a chunk whose text holds a NUL character, which json_extract would cut short: row by row.
+    session.connection().exec_driver_sql(
+        f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            f"{job_id}\t{owner}\trow:{row}\t{source}\t{row}\t{ref}\t{payload}\t{pending}\n"
-            for owner, row, ref, payload in zip(owners.tolist(), rows, refs, payloads, strict=True)
-        ]
+            (job_id, owner, f"row:{row}", items.source_uri, row, ref, payload, pending)
+            for owner, row, ref, payload in zip(owners.tolist(), rows, items.patient_refs, items.payloads, strict=True)
+        ],
     )
-    copy_buffer(session, "items", _ITEM_COLUMNS, buffer)
 
 
 def add_staged_counts(session: Session, job_id: int, *, items: int, batches: int, rejected: int) -> None:

@@ -52,6 +52,18 @@ def test_item_columns_stage_as_the_same_rows_on_either_database(db_url):
     assert {it.job_id for it in staged} == {job} and {it.status for it in staged} == {"pending"}
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_nul_character_in_a_patient_id_is_kept_whole_on_sqlite(db_url):
+    # Given a chunk one of whose ids holds a NUL character (SQLite's json_extract would end the text there)
+    job = _job(db_url)
+    items = ItemColumns("f.csv", np.asarray([2, 3], dtype=np.int64), ["A\x00B", "C"], ['{"age": 1}', '{"age": 2}'])
+    with session_scope(db_url) as s:
+        repo.stage_batches(s, job_id=job, first_seq=0, queue="tabular", items=items, batch_size=10)
+    # Then it is stored as given, with its neighbour
+    with session_scope(db_url) as s:
+        assert list(s.scalars(select(Item.patient_ref).order_by(Item.id))) == ["A\x00B", "C"]
+
+
 def _chunks(n: int, per: int) -> list[RecordChunk]:
     return [RecordChunk(items=_columns(list(range(2 + k * per, 2 + (k + 1) * per)))) for k in range(n)]
 
