@@ -19,7 +19,7 @@ import pandas as pd
 from medbatch.db.repository.staging import ItemColumns
 from medbatch.errors import InvalidInput
 from medbatch.producer.chunks import RecordChunk  # noqa: F401 - re-exported: callers import it from here
-from medbatch.producer.csvtext import binary_hint, csv_parts, csv_reader, open_text
+from medbatch.producer.csvtext import NUL_REASON, binary_hint, csv_parts, csv_reader, open_text, shown
 
 #: Data rows validated together: the unit of streaming.
 CHUNK_ROWS = 20_000
@@ -245,14 +245,18 @@ def iter_record_chunks(
                     row = part
                     if not row or (len(row) == 1 and not row[0].strip()):
                         continue
-                    if len(row) != width:
+                    # A block of plain lines holds no NUL (csvtext.plain_columns): only the csv module's rows can.
+                    nul = "\x00" in "".join(row)
+                    if len(row) != width or nul:
                         pid = row[index[id_col]].strip()[:MAX_ID_LEN] if id_col and index[id_col] < len(row) else None
                         pre_rejected.append(
                             {
                                 "source_uri": source,
                                 "source_row": line,
-                                "patient_ref": pid or None,
-                                "reason": f"row has {len(row)} fields but the header has {width} "
+                                "patient_ref": shown(pid) or None,
+                                "reason": NUL_REASON
+                                if nul
+                                else f"row has {len(row)} fields but the header has {width} "
                                 "(an unquoted comma, or a missing value?)",
                             }
                         )

@@ -18,7 +18,7 @@ from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.errors import InvalidInput
 from medbatch.ml.reports import minimum_necessary
-from medbatch.producer.csvtext import csv_reader, open_text, stops_at_unreadable
+from medbatch.producer.csvtext import NUL_REASON, csv_reader, open_text, shown, stops_at_unreadable
 from medbatch.producer.records import CHUNK_ROWS, ID_COLUMNS, MAX_ID_LEN, SCHEMAS, RecordChunk, normalise_header
 
 #: How each workload's result becomes a finding in a report's facts.
@@ -91,8 +91,12 @@ def iter_fact_chunks(
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             record = dict(zip(names, (v.strip() for v in row), strict=False))
-            pid = (record.get(id_col) or "")[:MAX_ID_LEN] or None if id_col else None
-            if len(row) != len(names):
+            pid = shown((record.get(id_col) or "")[:MAX_ID_LEN]) or None if id_col else None
+            if "\x00" in "".join(row):
+                chunk.rejected.append(
+                    {"source_uri": source, "source_row": start, "patient_ref": pid, "reason": NUL_REASON}
+                )
+            elif len(row) != len(names):
                 reason = f"row has {len(row)} fields but the header has {len(names)}"
                 chunk.rejected.append({"source_uri": source, "source_row": start, "patient_ref": pid, "reason": reason})
             elif problems := fact_problems(record):

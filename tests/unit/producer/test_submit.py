@@ -7,9 +7,9 @@ from sqlalchemy import select
 
 from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
-from medbatch.db.tables import Job
+from medbatch.db.tables import Item, Job
 from medbatch.errors import InvalidInput
-from medbatch.producer.submit import submit_images, submit_reports
+from medbatch.producer.submit import submit_images, submit_records, submit_reports
 from medbatch.producer.synthetic import write_xrays
 from tests.helpers import register_xray
 
@@ -57,3 +57,32 @@ def test_report_facts_that_are_not_plausible_numbers_are_rejected(db_url, tmp_pa
     assert summary.items_staged == 1
     assert "age 'abc' is not a number" in reasons["A"] and "bmi 'xx' is not a number" in reasons["A"]
     assert "bmi 400 is outside the plausible range" in reasons["B"]
+
+
+def test_a_row_with_a_nul_character_is_rejected_and_the_rest_staged(db_url, tmp_path):
+    # Given a patient CSV with a NUL character in one row's id and in another row's age (a damaged export)
+    path = tmp_path / "patients.csv"
+    path.write_bytes(
+        b"patient_id,age,bmi,exercise_frequency,smoking_history\nA\x00B,53,21.0,1,0\nC,5\x003,29.3,0,3\nE,50,22,1,1\n"
+    )
+    # When it is submitted for risk
+    summary = submit_records(path, "risk", database_url=db_url, send=lambda *a: None, batch_size=10)
+    # Then the two rows are rejected with the reason, the id shown visibly, and the clean row is staged
+    with session_scope(db_url) as s:
+        errors = {e["source_row"]: e for e in repo.iter_errors(s, summary.job_id)}
+        staged = list(s.scalars(select(Item.patient_ref)))
+    assert summary.items_staged == 1 and summary.rows_rejected == 2 and staged == ["E"]
+    assert errors[2]["patient_ref"] == "A\\x00B" and errors[3]["patient_ref"] == "C"
+    assert all("NUL character" in errors[n]["reason"] for n in (2, 3))
+
+
+@sqlite_only
+def test_a_report_row_with_a_nul_character_is_rejected(db_url, tmp_path):
+    path = tmp_path / "facts.csv"
+    path.write_bytes(b"patient_id,age,conditions\nA\x00,54,asthma\nB,61,none\n")
+    summary = submit_reports(
+        database_url=db_url, send=lambda *a: None, provider="offline", llm_model="", path=path, batch_size=5
+    )
+    with session_scope(db_url) as s:
+        (error,) = list(repo.iter_errors(s, summary.job_id))
+    assert summary.items_staged == 1 and error["patient_ref"] == "A\\x00" and "NUL character" in error["reason"]
