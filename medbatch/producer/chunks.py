@@ -20,3 +20,9 @@ class RecordChunk:
     items: Items = field(default_factory=list)  # ItemColumns for a CSV, dicts for other inputs
     rejected: list[dict] = field(default_factory=list)
     bytes_read: int = 0
+
+
+def shown(text: str | None) -> str | None:
+    """``text`` as a rejection can record and show it: a NUL character, which no text column stores (PostgreSQL
+    refuses it), written as ``\\x00``."""
+    return text.replace("\x00", "\\x00") if text and "\x00" in text else text

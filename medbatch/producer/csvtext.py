@@ -95,11 +95,6 @@ def _one_by_one(fh, carry: str) -> Iterator[str]:
 NUL_REASON = "the row holds a NUL character (\\x00): is this a binary or damaged file?"
 
 
-def shown(text: str | None) -> str | None:
-    """``text`` as it can be recorded and shown: a NUL character written as ``\\x00``."""
-    return text.replace("\x00", "\\x00") if text and "\x00" in text else text
-
-
 def stops_at_unreadable(reader, stopped: list[str]) -> Iterator[list[str]]:
     """The rows of ``reader`` until one cannot be read (too long, not UTF-8): its reason goes to ``stopped``."""
     try:

@@ -116,6 +116,8 @@ def _dicom_header(path: Path, modalities: frozenset[str], force: bool) -> str | 
         )
     if not has_image:
         raise images.ImageRejected("DICOM has no image (no rows/columns: a DICOMDIR, report or other non-image)")
+    if "\x00" in pid:  # no text column can store one, and an id cut or changed to fit is another patient's
+        raise images.ImageRejected("the DICOM patient ID holds a NUL character: a damaged header?")
     return pid[:128] or None
 
 

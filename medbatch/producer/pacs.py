@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from medbatch.errors import InvalidInput, PacsUnavailable
 from medbatch.interop.dicomweb import DicomWeb, PacsAccess, check_study_date, check_url, json_value
 from medbatch.ml import images
-from medbatch.producer.chunks import RecordChunk
+from medbatch.producer.chunks import RecordChunk, shown
 
 log = logging.getLogger("medbatch.producer.pacs")
 
@@ -73,7 +73,11 @@ def iter_pacs_chunks(
         source = instance_uri(url, study, series, sop)
         patient = str(json_value(ds, "PatientID") or "").strip()[:128] or None
         reason = None
-        if modality and modality not in allowed:
+        if "\x00" in "".join(map(str, (study, series, sop, patient or ""))):
+            # no text column can store one; the answer is recorded with the character written as \x00
+            reason = "the PACS answer holds a NUL character in the patient ID or a UID: a damaged header?"
+            source, patient, sop = shown(source), shown(patient), shown(str(sop))
+        elif modality and modality not in allowed:
             reason = f"DICOM modality {modality} is not a radiograph (accepted: {', '.join(sorted(allowed))})"
         elif json_value(ds, "Rows") is None and json_value(ds, "Columns") is None:
             reason = "DICOM has no image (no rows/columns: a DICOMDIR, report or other non-image)"

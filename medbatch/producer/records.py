@@ -18,8 +18,8 @@ import pandas as pd
 
 from medbatch.db.repository.staging import ItemColumns
 from medbatch.errors import InvalidInput
-from medbatch.producer.chunks import RecordChunk  # noqa: F401 - re-exported: callers import it from here
-from medbatch.producer.csvtext import NUL_REASON, binary_hint, csv_parts, csv_reader, open_text, shown
+from medbatch.producer.chunks import RecordChunk, shown  # noqa: F401 - RecordChunk re-exported: callers import it here
+from medbatch.producer.csvtext import NUL_REASON, binary_hint, csv_parts, csv_reader, open_text
 
 #: Data rows validated together: the unit of streaming.
 CHUNK_ROWS = 20_000

@@ -18,7 +18,8 @@ from medbatch.db import repository as repo
 from medbatch.db.session import session_scope
 from medbatch.errors import InvalidInput
 from medbatch.ml.reports import minimum_necessary
-from medbatch.producer.csvtext import NUL_REASON, csv_reader, open_text, shown, stops_at_unreadable
+from medbatch.producer.chunks import shown
+from medbatch.producer.csvtext import NUL_REASON, csv_reader, open_text, stops_at_unreadable
 from medbatch.producer.records import CHUNK_ROWS, ID_COLUMNS, MAX_ID_LEN, SCHEMAS, RecordChunk, normalise_header
 
 #: How each workload's result becomes a finding in a report's facts.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -10,7 +11,7 @@ from medbatch.db.session import session_scope
 from medbatch.db.tables import Item, Job
 from medbatch.errors import InvalidInput
 from medbatch.producer.submit import submit_images, submit_records, submit_reports
-from medbatch.producer.synthetic import write_xrays
+from medbatch.producer.synthetic import write_synthetic_dicom, write_xrays
 from tests.helpers import register_xray
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -86,3 +87,37 @@ def test_a_report_row_with_a_nul_character_is_rejected(db_url, tmp_path):
     with session_scope(db_url) as s:
         (error,) = list(repo.iter_errors(s, summary.job_id))
     assert summary.items_staged == 1 and error["patient_ref"] == "A\\x00" and "NUL character" in error["reason"]
+
+
+def test_a_dicom_patient_id_with_a_nul_character_is_rejected(sqlite_url, tmp_path, xray_artifact):
+    # Given a folder with a DICOM whose patient ID holds a NUL character, beside a clean one
+    register_xray(sqlite_url, xray_artifact)
+    folder = tmp_path / "night"
+    folder.mkdir()
+    pixels = np.zeros((64, 64), dtype=np.float32)
+    write_synthetic_dicom(folder / "bad.dcm", pixels, patient_id="A\x00B")
+    write_synthetic_dicom(folder / "good.dcm", pixels + 0.5, patient_id="C")
+    # When it is submitted, the damaged one is a rejection with its reason and the other is staged
+    summary = submit_images(folder, database_url=sqlite_url, send=lambda *a: None, batch_size=10)
+    with session_scope(sqlite_url) as s:
+        (error,) = list(repo.iter_errors(s, summary.job_id))
+        staged = list(s.scalars(select(Item.patient_ref)))
+    assert summary.items_staged == 1 and staged == ["C"]
+    assert error["source_uri"].endswith("bad.dcm") and "NUL character" in error["reason"]
+
+
+def _instance(sop: str, patient: str) -> dict:
+    tags = {"0020000D": "1.2.3", "0020000E": "1.2.3.4", "00080018": sop, "00080060": "CR", "00100020": patient}
+    return {tag: {"vr": "LO", "Value": [value]} for tag, value in tags.items()} | {
+        "00280010": {"vr": "US", "Value": [512]}
+    }
+
+
+def test_a_pacs_answer_with_a_nul_character_is_rejected_and_shown():
+    from medbatch.producer.pacs import PacsScan, iter_pacs_chunks
+
+    answers = [_instance("1.2.3.4.5", "P\x00Q"), _instance("1.2.3.4.\x006", "R"), _instance("1.2.3.4.7", "S")]
+    (chunk,) = list(iter_pacs_chunks("http://pacs/dicom-web", answers, scan=PacsScan()))
+    assert [it["patient_ref"] for it in chunk.items] == ["S"]
+    assert [r["patient_ref"] for r in chunk.rejected] == ["P\\x00Q", "R"]
+    assert all("NUL character" in r["reason"] and "\x00" not in r["source_uri"] for r in chunk.rejected)
