@@ -286,7 +286,7 @@ def _timeline(conn, job_id: int, start_epoch: float, wall: float) -> dict[str, f
     def at(t) -> float:
         return t.timestamp() - start_epoch
 
-    # A batch the worker claimed before the producer recorded the send keeps no queued_at: take its start.
+    # A batch the worker claimed before the producer recorded its send kept no queued_at in older versions: its start.
     queued = min(at(q or s) for q, s, _ in rows)
     busy = sum(at(f) - at(s) for _, s, f in rows)
     span = max(at(f) for *_, f in rows) - min(at(s) for _, s, _ in rows)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,11 +153,13 @@ def stage_job(
     # that ends staging), not in one of their own. On SQLite every write transaction waits its turn for the one
     # write lock; one fewer per chunk took a second off a million rows. A producer that dies in between leaves
     # them `pending`, as a death between a send and its record always could: `resume` and the reconciler send
-    # them again, and a worker that already ran one writes nothing twice.
+    # them again, and a worker that already ran one writes nothing twice. The record carries the time taken just
+    # before the first of them was sent, so a batch's queued_at is never after its started_at.
     unrecorded: list[int] = []
+    sent_at: datetime | None = None
 
     def flush(items: Items, rejected: list[dict]) -> None:
-        nonlocal seq, broker_error
+        nonlocal seq, broker_error, sent_at
         new_batches: list[tuple[int, str]] = []
         started = time.perf_counter()
         with session_scope(database_url) as s:
@@ -169,7 +172,7 @@ def stage_job(
             repo.record_rejections(s, job_id=job_id, errors=rejected)
             repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
             # Last, so the rows stay locked only until the commit: a worker's claim of one of them waits that long.
-            repo.mark_batches_queued(s, unrecorded)
+            repo.mark_batches_queued(s, unrecorded, sent_at=sent_at)
         unrecorded.clear()
         summary.batches += len(new_batches)
         summary.items_staged += len(items)
@@ -177,6 +180,7 @@ def stage_job(
         summary.timings["stage_s"] += staged - started
         if send is not None and broker_error is None:
             try:
+                sent_at = datetime.now(UTC)
                 summary.batches_sent += send_batches(send, database_url, new_batches, route.task, sent=unrecorded)
             except BrokerUnavailable as exc:
                 # Keep staging the whole file: the database holds it, `resume` (or the reconciler) sends it.
@@ -203,13 +207,13 @@ def stage_job(
         flush(pending, [])
     except InvalidInput as exc:
         with session_scope(database_url) as s:
-            repo.mark_batches_queued(s, unrecorded)
+            repo.mark_batches_queued(s, unrecorded, sent_at=sent_at)
             repo.finish_staging(s, job_id, error=str(exc))
         raise
     finally:
         reader.shutdown(wait=True, cancel_futures=True)  # a read in flight finishes its chunk, then the thread ends
     with session_scope(database_url) as s:
-        repo.mark_batches_queued(s, unrecorded)
+        repo.mark_batches_queued(s, unrecorded, sent_at=sent_at)
         repo.finish_staging(s, job_id)
     if broker_error is not None:
         raise BrokerUnavailable(

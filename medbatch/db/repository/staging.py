@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, update
+from sqlalchemy import case, insert, or_, update
 from sqlalchemy.orm import Session
 
 from medbatch.db.rawjson import RawJson
@@ -267,14 +268,17 @@ def record_rejections(session: Session, *, job_id: int, errors: Sequence[dict[st
     insert_ignore_conflicts(session, ItemError.__table__, rows, ["job_id", "error_key"])
 
 
-def mark_batches_queued(session: Session, batch_ids: Sequence[int]) -> None:
-    """Record that messages for these batches were sent (only those not already further along)."""
+def mark_batches_queued(session: Session, batch_ids: Sequence[int], *, sent_at: datetime | None = None) -> None:
+    """Record that messages for these batches were sent, at ``sent_at`` (default: now). A pending batch becomes
+    ``queued``; one a worker claimed before this record keeps its state and gets its ``queued_at`` if it has none.
+    """
     if not batch_ids:
         return
+    pending = Batch.status == BatchStatus.PENDING.value
     session.execute(
         update(Batch)
-        .where(Batch.id.in_(batch_ids), Batch.status == BatchStatus.PENDING.value)
-        .values(status=BatchStatus.QUEUED.value, queued_at=utcnow())
+        .where(Batch.id.in_(batch_ids), or_(pending, Batch.queued_at.is_(None)))
+        .values(status=case((pending, BatchStatus.QUEUED.value), else_=Batch.status), queued_at=sent_at or utcnow())
     )
 
 
