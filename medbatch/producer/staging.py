@@ -170,9 +170,10 @@ def stage_job(
                 new_batches = [(batch_id, route.queue) for batch_id in ids]
                 seq += len(ids)
             repo.record_rejections(s, job_id=job_id, errors=rejected)
-            repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
-            # Last, so the rows stay locked only until the commit: a worker's claim of one of them waits that long.
+            # Near the end, so those batch rows stay locked only until the commit (a worker's claim of one waits that
+            # long), and before the job row is locked: a worker finishing a batch locks its batch row, then the job's.
             repo.mark_batches_queued(s, unrecorded, sent_at=sent_at)
+            repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
         unrecorded.clear()
         summary.batches += len(new_batches)
         summary.items_staged += len(items)

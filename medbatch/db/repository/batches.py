@@ -93,6 +93,8 @@ def claim_batch(
     batch.attempts += 1
     batch.status = BatchStatus.RUNNING.value
     batch.started_at = utcnow()
+    if batch.queued_at is None:  # claimed before the producer recorded the send: it was sent by now
+        batch.queued_at = batch.started_at
     job = session.get(Job, batch.job_id)
     if job.status in (JobStatus.QUEUED.value,):
         job.status = JobStatus.RUNNING.value

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import case, insert, or_, update
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from medbatch.db.rawjson import RawJson
@@ -269,16 +269,16 @@ def record_rejections(session: Session, *, job_id: int, errors: Sequence[dict[st
 
 
 def mark_batches_queued(session: Session, batch_ids: Sequence[int], *, sent_at: datetime | None = None) -> None:
-    """Record that messages for these batches were sent, at ``sent_at`` (default: now). A pending batch becomes
-    ``queued``; one a worker claimed before this record keeps its state and gets its ``queued_at`` if it has none.
+    """Record that messages for these batches were sent, at ``sent_at`` (default: now): those still pending become
+    ``queued``. One a worker claimed first is left alone (its claim set its ``queued_at``): touching it here would
+    wait for that worker's transaction, which waits for the job row this caller may hold (a deadlock).
     """
     if not batch_ids:
         return
-    pending = Batch.status == BatchStatus.PENDING.value
     session.execute(
         update(Batch)
-        .where(Batch.id.in_(batch_ids), or_(pending, Batch.queued_at.is_(None)))
-        .values(status=case((pending, BatchStatus.QUEUED.value), else_=Batch.status), queued_at=sent_at or utcnow())
+        .where(Batch.id.in_(batch_ids), Batch.status == BatchStatus.PENDING.value)
+        .values(status=BatchStatus.QUEUED.value, queued_at=sent_at or utcnow())
     )
 
 

@@ -125,15 +125,15 @@ def test_a_broker_lost_mid_staging_leaves_exactly_the_sent_batches_recorded(sqli
     assert _statuses(sqlite_url, job) == [BatchStatus.QUEUED.value] * 3 + [BatchStatus.PENDING.value] * 3
 
 
-def test_a_batch_a_worker_claims_before_its_send_is_recorded_keeps_its_state_and_gets_the_send_time(sqlite_url):
+def test_a_batch_a_worker_claims_before_its_send_is_recorded_keeps_its_state_and_a_queued_at(db_url):
     # Given a worker so quick that it claims every batch as soon as its message is out
     def send(_task, _queue, batch_id):
-        with session_scope(sqlite_url) as s:
+        with session_scope(db_url) as s:
             repo.claim_batch(s, batch_id, max_attempts=3)
 
-    summary = _stage(sqlite_url, _chunks(2, 4), send)
-    # Then each stays running (not queued again) and carries the time it was sent, no later than its claim
-    with session_scope(sqlite_url) as s:
+    summary = _stage(db_url, _chunks(2, 4), send)
+    # Then each stays running (not queued again) and has a queued_at, no later than its claim
+    with session_scope(db_url) as s:
         rows = s.execute(select(Batch.status, Batch.queued_at, Batch.started_at).where(Batch.job_id == summary.job_id))
         rows = rows.all()
     assert len(rows) == 4 and {r.status for r in rows} == {BatchStatus.RUNNING.value}
