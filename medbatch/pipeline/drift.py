@@ -64,16 +64,15 @@ def finalize_job(database_url: str, job_id: int) -> dict[str, Any] | None:
     elif not reference:
         metrics = {"drift": {"available": False, "reason": "the model stores no training reference", "flagged": []}}
     else:
+        sample, sample_scores = rows  # result details (X-ray) or payload texts, and the scores
         if workload == "xray":
             names = list(reference.get("features") or {})
-            inputs = [(d.get("input_features") or {}) for d, _ in rows]
+            inputs = [(d.get("input_features") or {}) for d in sample]
             features = {f: np.array([float(p.get(f, np.nan)) for p in inputs], dtype=np.float64) for f in names}
-            scores = np.array([np.nan if sc is None else sc for _, sc in rows], dtype=np.float64)
         else:
-            payloads, sample_scores = rows
-            frame = records_frame(payloads)
+            frame = records_frame(sample)
             features = {f: _column(frame, f) for f in model.features}
-            scores = np.array([np.nan if sc is None else sc for sc in sample_scores], dtype=np.float64)
+        scores = np.array([np.nan if sc is None else sc for sc in sample_scores], dtype=np.float64)
         metrics = {"drift": {"available": True, **drift.compare(reference, features, scores)}}
     with session_scope(database_url) as s:
         repo.set_job_metrics(s, job_id, metrics)
