@@ -66,6 +66,34 @@ def test_gradcam_heatmaps_are_normalised_and_findings_are_marked_draft(xray_arti
     assert out.read_bytes().startswith(images.PNG_MAGIC)
 
 
+def test_compiled_gradcam_matches_the_eager_textbook_computation(xray_artifact):
+    # Given a trained model and images of both classes, in batches of different sizes
+    import keras
+    import tensorflow as tf
+
+    model = xray.load_model(xray_artifact)
+    x = np.stack([images.resize(synthetic_xray(i % 2, 64, np.random.default_rng(i)), 48) for i in range(5)])
+    m = model.keras_model
+    grad_model = keras.Model(m.inputs, [m.get_layer(xray.LAST_CONV).output, m.output])
+
+    def eager(batch):  # Selvaraju et al.: channel weights = mean gradient; ReLU of the weighted sum; upsampled
+        with tf.GradientTape() as tape:
+            conv, pred = grad_model(tf.convert_to_tensor(batch[..., None]), training=False)
+            score = tf.reduce_sum(pred[:, 0])
+        grads = tape.gradient(score, conv)
+        cam = tf.nn.relu(tf.reduce_sum(tf.reduce_mean(grads, axis=(1, 2), keepdims=True) * conv, axis=-1))
+        cam = tf.image.resize(cam[..., None], batch.shape[1:3], method="bilinear")[..., 0].numpy()
+        peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+        return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0)
+
+    # Then the compiled call gives the same maps, whatever the batch size, and an empty batch gives none
+    for batch in (x, x[:2], x[4:]):
+        np.testing.assert_allclose(model.gradcam(batch), eager(batch), atol=1e-5)
+    assert model.gradcam(x[:0]).shape == (0, 48, 48)
+    # and a map is a function of its own image only (no batch statistics leak between images)
+    np.testing.assert_allclose(model.gradcam(x)[1], model.gradcam(x[1:2])[0], atol=1e-5)
+
+
 def test_artifact_is_loaded_in_keras_safe_mode(tmp_path):
     # Given an artifact whose model holds a Lambda layer (arbitrary code on load)
     import keras
