@@ -126,7 +126,12 @@ def run_demo(*, workdir: Path, patients: int, console: Console, molecules: int =
         def wait(job_id: int) -> dict:
             with job_progress(console, job_id) as on_progress:
                 return wait_for_job(
-                    settings.database_url, job_id, timeout_s=600, on_progress=on_progress, measure_missing=True
+                    settings.database_url,
+                    job_id,
+                    timeout_s=600,
+                    on_progress=on_progress,
+                    measure_missing=True,
+                    broker_url=settings.broker_url,
                 )
 
         finals = [wait(s.job_id) for s in jobs]

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medbatch.wakeups import JobEndListener
 
 #: Seconds between two looks at the database while waiting (each look counts the job's items by state).
 DEFAULT_POLL_S = 1.0
-#: Seconds between two glances at the jobs' own rows in between (a primary-key read): a finished job is seen
-#: within this, not up to a whole poll later (half a second on average, a tenth of a small X-ray folder's run).
+#: Seconds between two glances at the jobs' own rows in between (a primary-key read), where no worker's
+#: announcement can wake the wait (:mod:`medbatch.wakeups`): a finished job is seen within this, not up to a
+#: whole poll later (half a second on average, a tenth of a small X-ray folder's run).
 GLANCE_S = 0.1
 #: How long a wait that measures what is missing first lets the job's worker store its metrics, seconds.
 MEASURE_GRACE_S = 30.0
@@ -92,6 +97,7 @@ def wait_for_jobs(
     poll_s: float = DEFAULT_POLL_S,
     on_progress: Callable[[dict[int, dict]], object] | None = None,
     measure_missing: bool = False,
+    broker_url: str | None = None,
 ) -> dict[int, dict]:
     """Look at the jobs every ``poll_s`` until every one has finished or ``timeout_s`` has passed (None: no limit).
 
@@ -99,28 +105,41 @@ def wait_for_jobs(
     ``on_progress`` gets them (``{job_id: counts}``) after each look, the last one included. Returns the full
     :func:`job_status` of every job once the wait is over; a job still unfinished at the timeout is returned
     as it stood (check :func:`is_finished`). ``measure_missing`` as for :func:`job_status`.
+
+    With the broker's ``broker_url``, a worker's announcement that a job ended (:mod:`medbatch.wakeups`) ends a
+    nap at once; without one (or where that Redis cannot be reached) the jobs' rows are glanced at every
+    :data:`GLANCE_S` instead. Either way the database decides when a job has finished.
     """
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
+    from medbatch.wakeups import JobEndListener
 
     ids = list(dict.fromkeys(job_ids))
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        with session_scope(database_url) as s:
-            latest = {job_id: repo.job_counts(s, job_id) for job_id in ids}
-        if on_progress is not None:
-            on_progress(latest)
-        if all(is_finished(c) for c in latest.values()) or (deadline is not None and time.monotonic() >= deadline):
-            if measure_missing:
-                _await_worker_metrics(database_url, latest)
-            return {job_id: job_status(database_url, job_id, measure_missing=measure_missing) for job_id in ids}
-        _nap(database_url, ids, poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+    with JobEndListener(broker_url) as ends:  # subscribed before the first look: no end falls in between
+        while True:
+            with session_scope(database_url) as s:
+                latest = {job_id: repo.job_counts(s, job_id) for job_id in ids}
+            if on_progress is not None:
+                on_progress(latest)
+            if all(is_finished(c) for c in latest.values()) or (deadline is not None and time.monotonic() >= deadline):
+                if measure_missing:
+                    _await_worker_metrics(database_url, latest, ends=ends)
+                return {job_id: job_status(database_url, job_id, measure_missing=measure_missing) for job_id in ids}
+            nap = poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic()))
+            if ends.live:
+                ends.wait(nap, set(ids))
+            else:
+                _glance(database_url, ids, lambda job: is_finished({"status": job.status}), nap, GLANCE_S)
 
 
-def _await_worker_metrics(database_url: str, latest: dict[int, dict], grace_s: float | None = None) -> None:
+def _await_worker_metrics(
+    database_url: str, latest: dict[int, dict], grace_s: float | None = None, ends: JobEndListener | None = None
+) -> None:
     """Give the worker that finished a job up to ``grace_s`` to store its metrics (drift, MOSES) before the
     caller measures them itself: measuring in the producer too would repeat the work (on 1M rows, seconds and
-    a model loaded into the producer) for a figure the worker is writing anyway."""
+    a model loaded into the producer) for a figure the worker is writing anyway. The worker announces the job's
+    end after storing them (``ends``)."""
     from medbatch.db import repository as repo
 
     measured = set(repo.DRIFT_WORKLOADS) | {"molecules"}
@@ -134,30 +153,37 @@ def _await_worker_metrics(database_url: str, latest: dict[int, dict], grace_s: f
         and c["workload"] in measured
         and c.get("metrics") is None
     ]
-    # every GLANCE_S / 2: an X-ray job's drift is stored within ~0.1 s of its last commit
+    # every GLANCE_S / 2 without announcements: an X-ray job's drift is stored within ~0.1 s of its last commit
     _glance(
         database_url,
         waiting,
         lambda job: job.metrics is not None,
         MEASURE_GRACE_S if grace_s is None else grace_s,
         GLANCE_S / 2,
+        ends,
     )
 
 
-def _nap(database_url: str, job_ids: list[int], seconds: float) -> None:
-    """Sleep ``seconds``, ending early once every job's own row says it has finished (glanced at every GLANCE_S)."""
-    _glance(database_url, job_ids, lambda job: is_finished({"status": job.status}), seconds, GLANCE_S)
-
-
-def _glance(database_url: str, job_ids: list[int], ready: Callable, seconds: float, every_s: float) -> None:
+def _glance(
+    database_url: str,
+    job_ids: list[int],
+    ready: Callable,
+    seconds: float,
+    every_s: float,
+    ends: JobEndListener | None = None,
+) -> None:
     """Sleep up to ``seconds``, reading the jobs' own rows (a primary-key read each) every ``every_s``, until
-    ``ready(job)`` holds for all of them."""
+    ``ready(job)`` holds for all of them. With live announcements (``ends``), a read follows each announcement
+    of one of the jobs, and at least one every :data:`DEFAULT_POLL_S`."""
     from medbatch.db import repository as repo
     from medbatch.db.session import session_scope
 
     end = time.monotonic() + seconds
     while job_ids and (left := end - time.monotonic()) > 0:
-        time.sleep(min(every_s, left))
+        if ends is not None and ends.live:
+            ends.wait(min(DEFAULT_POLL_S, left), set(job_ids))
+        else:
+            time.sleep(min(every_s, left))
         with session_scope(database_url) as s:
             job_ids = [j for j in job_ids if not ready(repo.get_job(s, j))]
 
@@ -170,10 +196,17 @@ def wait_for_job(
     poll_s: float = DEFAULT_POLL_S,
     on_progress: Callable[[dict], object] | None = None,
     measure_missing: bool = False,
+    broker_url: str | None = None,
 ) -> dict:
     """:func:`wait_for_jobs` for one job: ``on_progress`` gets its counts after each look; returns its status."""
     report = None if on_progress is None else (lambda latest: on_progress(latest[job_id]))
     latest = wait_for_jobs(
-        database_url, [job_id], timeout_s=timeout_s, poll_s=poll_s, on_progress=report, measure_missing=measure_missing
+        database_url,
+        [job_id],
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        on_progress=report,
+        measure_missing=measure_missing,
+        broker_url=broker_url,
     )
     return latest[job_id]

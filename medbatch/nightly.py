@@ -237,6 +237,8 @@ class NightlyConfig:
     imaging_max_bytes: int
     settle_s: float = 120.0
     timezone: str = "UTC"
+    #: The broker's Redis, whose job-end announcements end the wait's naps early (None: it glances instead).
+    broker_url: str | None = None
 
     @classmethod
     def from_settings(cls, settings) -> NightlyConfig:
@@ -253,6 +255,7 @@ class NightlyConfig:
             imaging_max_bytes=settings.imaging_max_file_mb * 2**20,
             settle_s=settings.nightly_settle_s,
             timezone=settings.timezone,
+            broker_url=settings.broker_url,
         )
 
 
@@ -323,7 +326,7 @@ def run_nightly(
         _submit_unit(workload, members, inbox, cfg, send, outcome, progress)
 
     if wait and outcome.jobs:
-        _wait_for(outcome, cfg.database_url, timeout_s=timeout_s, poll_s=poll_s, progress=progress)
+        _wait_for(outcome, cfg, timeout_s=timeout_s, poll_s=poll_s, progress=progress)
     _judge(outcome, cfg.database_url, waited=wait)
     return outcome
 
@@ -469,7 +472,7 @@ def _xray_job_since(session, since: datetime) -> int | None:
     return None
 
 
-def _wait_for(outcome: NightlyOutcome, database_url: str, *, timeout_s: float, poll_s: float, progress) -> None:
+def _wait_for(outcome: NightlyOutcome, cfg: NightlyConfig, *, timeout_s: float, poll_s: float, progress) -> None:
     pending = {j["job_id"] for j in outcome.jobs}
     last = ""
 
@@ -484,7 +487,14 @@ def _wait_for(outcome: NightlyOutcome, database_url: str, *, timeout_s: float, p
             progress(f"  waiting: {line}")
             last = line
 
-    wait_for_jobs(database_url, sorted(pending), timeout_s=timeout_s, poll_s=poll_s, on_progress=report)
+    wait_for_jobs(
+        cfg.database_url,
+        sorted(pending),
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        on_progress=report,
+        broker_url=cfg.broker_url,
+    )
 
 
 def _drift_of(database_url: str, job: dict, counts: dict) -> list[str]:

@@ -30,7 +30,9 @@ from medbatch.progress import job_progress
 def follow(url: str, job_id: int, *, quiet: bool = False) -> dict:
     """Wait until the job finishes (``--wait``, ``--watch``), with a progress bar on a terminal."""
     with job_progress(err, job_id, quiet=quiet) as on_progress:
-        return wait_for_job(url, job_id, on_progress=on_progress, measure_missing=True)
+        return wait_for_job(
+            url, job_id, on_progress=on_progress, measure_missing=True, broker_url=get_settings().broker_url
+        )
 
 
 def _print_status(c: dict, url: str) -> None:

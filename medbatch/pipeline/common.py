@@ -60,7 +60,7 @@ def release_claim(database_url: str, batch_id: int, reason: str) -> None:
         log.warning("batch %s: could not release the claim (%s)", batch_id, reason)
 
 
-def measure_drift_when_done(database_url: str, batch_id: int, out: dict[str, Any]) -> None:
+def measure_drift_when_done(database_url: str, out: dict[str, Any]) -> None:
     """After a batch of a drift-measured workload is done (``out`` is :func:`run_batch`'s summary), measure its
     job's drift if the job has finished (:func:`medbatch.pipeline.drift.finalize_job`); a failure is logged, never
     raised: the results are written, and ``medbatch status`` measures drift again.
@@ -69,8 +69,7 @@ def measure_drift_when_done(database_url: str, batch_id: int, out: dict[str, Any
 
     if out.get("status") != "done" or out.get("job_finished") is False:
         return  # not this batch's job end (a job finished by its producer is measured by `medbatch status`)
-    with session_scope(database_url) as s:
-        job_id = repo.job_of_batch(s, batch_id)
+    job_id = out["job_id"]
     try:
         finalize_job(database_url, job_id)
     except Exception:  # noqa: BLE001 - the results are written; `medbatch status` measures drift again
@@ -97,7 +96,8 @@ def run_batch(
     ``load`` and ``write`` replace the row-wise defaults with a workload's bulk path (tabular: columns in,
     one COPY out); ``items`` is whatever ``load`` returns, ``predict`` and ``write`` take it.
 
-    The summary carries the seconds spent claiming and loading, scoring, and writing (``timings``).
+    The summary carries the batch's job, whether this batch ended it (``job_finished``: the worker announces that
+    end, :mod:`medbatch.wakeups`) and the seconds spent claiming and loading, scoring, and writing (``timings``).
     """
     started = time.perf_counter()
     with session_scope(database_url) as s:  # the claim alone: the batch row (SQLite: the database) is locked briefly
@@ -147,6 +147,7 @@ def run_batch(
     )
     return {
         "batch_id": batch_id,
+        "job_id": claim.job_id,
         "status": "done",
         "results": len(results),
         "failures": len(failures),

@@ -240,5 +240,5 @@ def classify_batch(
         expected_db=expected_db,
         workloads=("xray",),
     )
-    measure_drift_when_done(database_url, batch_id, out)
+    measure_drift_when_done(database_url, out)
     return out

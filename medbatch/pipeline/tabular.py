@@ -75,5 +75,5 @@ def score_batch(
         load=load_pending_inputs,
         write=_write,
     )
-    measure_drift_when_done(database_url, batch_id, out)
+    measure_drift_when_done(database_url, out)
     return out

@@ -21,7 +21,8 @@ PROGRESS_KEY = "medbatch:progress:{hostname}"
 _client: redis.Redis | None = None
 
 
-def _redis() -> redis.Redis:
+def broker_client() -> redis.Redis:
+    """This process's client of the broker's Redis: progress records here, job-end announcements (signals.py)."""
     global _client
     if _client is None:
         _client = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5)
@@ -31,7 +32,7 @@ def _redis() -> redis.Redis:
 def record_progress(hostname: str) -> None:
     """Note that ``hostname`` just finished a task (or became ready). Never fails the task."""
     try:
-        _redis().set(PROGRESS_KEY.format(hostname=hostname), f"{time.time():.3f}", ex=7 * 86400)
+        broker_client().set(PROGRESS_KEY.format(hostname=hostname), f"{time.time():.3f}", ex=7 * 86400)
     except redis.RedisError:
         pass
 

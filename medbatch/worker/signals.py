@@ -1,10 +1,11 @@
-"""Worker process signals: fresh database connections after fork, ID-only logging, only the queues it can serve."""
+"""Worker process signals: fresh database connections after fork, ID-only logging, only the queues it can serve,
+a job's end announced to whoever waits for it."""
 
 from __future__ import annotations
 
 import logging
 
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import celeryd_after_setup, task_postrun, worker_process_init
 
 from medbatch.db.session import dispose_engines
 
@@ -16,6 +17,17 @@ def _after_fork(**_kwargs) -> None:
     # Connections inherited from the parent must not be shared with it; models load lazily on the
     # first task, never here (this handler has a 4 s limit).
     dispose_engines()
+
+
+@task_postrun.connect
+def _announce_job_end(retval=None, **_kwargs) -> None:
+    """A batch that ended its job, its drift or metrics stored by now: wake the ``--wait`` (:mod:`medbatch.wakeups`).
+    Runs in the process that ran the task; never fails it."""
+    if isinstance(retval, dict) and retval.get("job_finished") and retval.get("job_id") is not None:
+        from medbatch.wakeups import announce_job_end
+        from medbatch.worker.health import broker_client
+
+        announce_job_end(broker_client(), retval["job_id"])
 
 
 @celeryd_after_setup.connect

@@ -11,18 +11,25 @@ from medbatch.db.tables import Batch, BatchStatus, Item, ItemStatus, Result
 from medbatch.pipeline.tabular import score_batch
 from medbatch.producer.submit import submit_records
 from medbatch.producer.synthetic import write_patients
+from medbatch.wakeups import JobEndListener
 from tests.helpers import MESSY_RISK_CSV, wait_for_job
 
 pytestmark = pytest.mark.integration
 
 
-def test_risk_job_end_to_end(db_url, sender, start_worker, tmp_path):
+def test_risk_job_end_to_end(db_url, redis_url, sender, start_worker, tmp_path):
     # Given a worker and a CSV with good and bad rows
     start_worker("tabular")
     path = tmp_path / "messy.csv"
     path.write_bytes(MESSY_RISK_CSV.encode())
     # When it is submitted
-    summary = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=2)
+    with JobEndListener(redis_url) as ends:
+        summary = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=2)
+        # Then the worker that ends the job announces it, once its drift is stored (a --wait wakes to the figures)
+        assert ends.wait(120, {summary.job_id}), "no job-end announcement"
+        with session_scope(db_url) as s:
+            job = repo.get_job(s, summary.job_id)
+            assert job.status == "completed_with_errors" and job.metrics["drift"] is not None
     counts = wait_for_job(db_url, summary.job_id)
     # Then good rows have results, each bad row one reasoned error, and the job says so
     assert summary.items_staged == 3 and summary.rows_rejected == 3
