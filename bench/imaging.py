@@ -8,7 +8,8 @@ Prints images/s end to end (submit with hashing, the queue, one imaging worker, 
 ratio to a raw in-process loop over the same files with the same decode, resize, model, batch size and
 Grad-CAM overlays for the same positives, run in the same process as this script. Peak RSS of the worker
 (parent and child, read from the kernel's high-water marks after the run: nothing samples it meanwhile) is
-reported too.
+reported too, and the first image of a night: one image submitted to the idle worker just started, from the
+command's start to its exit (it is the warm-up of the timed run).
 
     python bench/imaging.py [--per-kind 100] [--database-url postgresql+psycopg://...]
 """
@@ -184,13 +185,14 @@ def main() -> None:
         start_new_session=True,
     )
     try:
-        # Warm-up: one image, so TensorFlow is imported and the model compiled before the clock starts.
+        # The first image of a night: the worker started and idle (its child loads the active model as it
+        # starts), one image submitted and waited for. It is also the warm-up of the timed run below.
+        log_path = args.workdir / "imaging-worker.log"
+        _await_line(log_path, "preloaded xray", timeout_s=120)
         warm = args.workdir / "xray-warmup"
         warm.mkdir(exist_ok=True)
         (warm / "w.png").write_bytes(paths[0].read_bytes())
-        subprocess.run(
-            [*medbatch, "submit", "xray", str(warm), "--wait", "--json"], env=env, check=True, capture_output=True
-        )
+        first_image, _ = timed_submit([*medbatch, "submit", "xray", str(warm), "--wait", "--json"], env)
         worker_cpu, submit_cpu = tree_cpu(worker.pid), reaped_cpu()
         start_epoch = time.time()
         try:
@@ -246,9 +248,20 @@ def main() -> None:
         f"{submit_cpu:.1f}), raw loop {raw_cpu:.1f}"
     )
     print("  timeline (s after submit started): " + ", ".join(f"{k} {v:.2f}" for k, v in timeline.items()))
+    print(f"  first image of a night, worker idle: {first_image:.2f} s (submit --wait of one image, start to exit)")
     for b in (32, 1):
         c, k = calls[f"compiled@{b}"], calls[f"keras_predict@{b}"]
         print(f"  one call, batch {b:2d}: compiled {c * 1000:6.1f} ms, model.predict {k * 1000:6.1f} ms ({k / c:.1f}x)")
+
+
+def _await_line(path: Path, text: str, timeout_s: float) -> None:
+    """Wait until the worker's log holds ``text`` (or the timeout: then the run goes on, and says so)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    print(f"  (the worker's log never said {text!r})", flush=True)
 
 
 def _peak_rss(pid: int) -> int:

@@ -4,6 +4,8 @@ a job's end announced to whoever waits for it."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from celery.signals import celeryd_after_setup, task_postrun, worker_process_init
 
@@ -11,12 +13,31 @@ from medbatch.db.session import dispose_engines
 
 log = logging.getLogger("medbatch.worker")
 
+#: Queue -> the model its batches load that takes seconds to load (TensorFlow): loaded as a child starts.
+PRELOADED = {"imaging": "xray", "molecules": "molecules"}
+#: The queues this worker consumes; set in the main process before the pool forks, so each child inherits it.
+_consumed: frozenset[str] = frozenset()
+
 
 @worker_process_init.connect
 def _after_fork(**_kwargs) -> None:
-    # Connections inherited from the parent must not be shared with it; models load lazily on the
-    # first task, never here (this handler has a 4 s limit).
+    # Connections inherited from the parent must not be shared with it.
     dispose_engines()
+    # The active TensorFlow models load in a thread, never in this handler (it has a 4 s limit): a batch that
+    # arrives meanwhile waits for the same load (the registry's lock) instead of starting a second one.
+    names = [PRELOADED[q] for q in sorted(_consumed) if q in PRELOADED]
+    if names:
+        threading.Thread(target=_preload, args=(names,), name="medbatch-preload", daemon=True).start()
+
+
+def _preload(names: list[str]) -> None:
+    from medbatch.config import get_settings
+    from medbatch.pipeline.common import preload_active_models
+
+    started = time.perf_counter()
+    loaded = preload_active_models(get_settings().database_url, names)
+    if loaded:
+        log.info("preloaded %s in %.1fs", ", ".join(loaded), time.perf_counter() - started)
 
 
 @task_postrun.connect
@@ -51,6 +72,8 @@ def _consume_only_servable_queues(sender=None, instance=None, **_kwargs) -> None
         log.warning("not consuming the %s queue: %s", queue, why)
     if refused:
         queues.deselect(list(refused))
+    global _consumed
+    _consumed = frozenset(queues.consume_from)
     if "tabular" in queues.consume_from:
         # The tabular model's own package (scikit-learn) is imported once here, before the pool forks, so no
         # child spends seconds importing it under its first batch (scikit-learn is fork-safe; TensorFlow,

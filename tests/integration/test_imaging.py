@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,12 @@ def test_xray_folder_end_to_end(db_url, sender, start_worker, tmp_path, xray_art
     version = register_xray(db_url, xray_artifact)
     worker = start_worker("imaging")
     folder = _night_folder(tmp_path / "night")
+    # The pool child loads the active model (and TensorFlow) as it starts, before any batch asks for it
+    deadline = time.monotonic() + 120
+    while f"preloaded xray {version}" not in worker.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f"preloaded xray {version}" in worker.log_path.read_text()
+    assert any(_has_tensorflow(p) for p in _pids(worker.process.pid)[1:])
     # When the folder is submitted
     summary = submit_images(folder, database_url=db_url, send=sender, batch_size=5)
     counts = wait_for_job(db_url, summary.job_id, timeout_s=180)

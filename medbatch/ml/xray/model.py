@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,7 @@ class XrayModel:
     meta: dict[str, Any]
     _infer: Any = field(default=None, repr=False)
     _cam: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one trace, whoever asks first
 
     @property
     def input_size(self) -> int:
@@ -87,15 +89,22 @@ class XrayModel:
         return LABELS.get(self.meta["class_names"][0], self.meta["class_names"][0].lower())
 
     def _compiled(self):
-        if self._infer is None:
-            tf = tf_module()
-            model = self.keras_model
-            size = self.input_size
-            self._infer = tf.function(
-                lambda x: model(x, training=False),
-                input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)],
-            )
-        return self._infer
+        with self._lock:
+            if self._infer is None:
+                tf = tf_module()
+                model = self.keras_model
+                size = self.input_size
+                self._infer = tf.function(
+                    lambda x: model(x, training=False),
+                    input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)],
+                )
+            return self._infer
+
+    def warm_up(self) -> None:
+        """Trace the compiled prediction and Grad-CAM once, on a blank image, so the first batch does not."""
+        blank = np.zeros((1, self.input_size, self.input_size), dtype=np.float32)
+        self.predict(blank)
+        self.gradcam(blank)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """P(pneumonia) for a batch of ``(n, size, size)`` or ``(n, size, size, 1)`` arrays in [0, 1].
@@ -111,25 +120,26 @@ class XrayModel:
         return np.asarray(self._compiled()(x)).reshape(-1).astype(np.float32)
 
     def _compiled_gradcam(self):
-        if self._cam is None:
-            tf = tf_module()
-            import keras
+        with self._lock:
+            if self._cam is None:
+                tf = tf_module()
+                import keras
 
-            m = self.keras_model
-            size = self.input_size
-            grad_model = keras.Model(m.inputs, [m.get_layer(LAST_CONV).output, m.output])
+                m = self.keras_model
+                size = self.input_size
+                grad_model = keras.Model(m.inputs, [m.get_layer(LAST_CONV).output, m.output])
 
-            def cam(x):
-                with tf.GradientTape() as tape:
-                    conv, pred = grad_model(x, training=False)
-                    score = tf.reduce_sum(pred[:, 0])
-                grads = tape.gradient(score, conv)
-                weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-                maps = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1))[..., None]
-                return tf.image.resize(maps, (size, size), method="bilinear")[..., 0]
+                def cam(x):
+                    with tf.GradientTape() as tape:
+                        conv, pred = grad_model(x, training=False)
+                        score = tf.reduce_sum(pred[:, 0])
+                    grads = tape.gradient(score, conv)
+                    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+                    maps = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1))[..., None]
+                    return tf.image.resize(maps, (size, size), method="bilinear")[..., 0]
 
-            self._cam = tf.function(cam, input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
-        return self._cam
+                self._cam = tf.function(cam, input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
+            return self._cam
 
     def gradcam(self, batch: np.ndarray) -> np.ndarray:
         """Grad-CAM heatmaps for the positive class: ``(n, size, size)`` float32 in [0, 1].
