@@ -158,3 +158,18 @@ def test_threshold_youden_and_fixed():
     assert xray.choose_threshold(y, s, 0.7) == 0.7
     m = xray.evaluate(y, s, t)
     assert m["sensitivity"] == 1.0 and m["specificity"] == 1.0 and m["auc"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "expected"),
+    [
+        (slice(120, 150), slice(0, 30), "lower zone, image left"),
+        (slice(0, 30), slice(120, 150), "upper zone, image right"),
+        (slice(60, 90), slice(60, 90), "middle zone, central"),
+        (slice(0, 0), slice(0, 0), "no focal area"),
+    ],
+)
+def test_attention_region_names_where_the_heatmap_concentrates(rows, cols, expected):
+    heat = np.zeros((150, 150), np.float32)
+    heat[rows, cols] = 1.0
+    assert xray.attention_region(heat) == expected
