@@ -83,11 +83,25 @@ def dispose_engines() -> None:
     _engines.clear()
 
 
+#: SQLite's OperationalError means "busy" or "cannot reach the file" (worth a retry) but also "cannot run this
+#: SQL" (malformed JSON, no such table, a damaged file): a retry repeats those. Only these are transient.
+SQLITE_TRANSIENT = (
+    "database is locked",
+    "database table is locked",
+    "unable to open database file",
+    "disk i/o error",
+    "database or disk is full",
+)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for errors that mean "the database is unreachable or dropped us", worth a retry."""
+    """True for errors that mean "the database is unreachable, busy or dropped us", worth a retry."""
     if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError)):
+        orig = getattr(exc, "orig", None)
+        if orig is not None and type(orig).__module__ == "sqlite3":
+            message = str(orig).lower()
+            return any(m in message for m in SQLITE_TRANSIENT)
         message = str(exc).lower()
-        # SQLite reports schema problems as OperationalError too: those are not transient.
         return not ("no such table" in message or "no such column" in message)
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
