@@ -21,7 +21,7 @@ from typing import Any
 from medbatch.db import repository as repo
 from medbatch.db.repository.staging import Items
 from medbatch.db.session import session_scope
-from medbatch.errors import BrokerUnavailable, InvalidInput
+from medbatch.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput
 from medbatch.ml import registry
 from medbatch.producer.chunks import RecordChunk
 from medbatch.producer.identity import whoami
@@ -159,22 +159,32 @@ def stage_job(
     unrecorded: list[int] = []
     sent_at: datetime | None = None
 
-    def flush(items: Items, rejected: list[dict]) -> None:
-        nonlocal seq, broker_error, sent_at
-        new_batches: list[tuple[int, str]] = []
-        started = time.perf_counter()
+    def stage_chunk(items: Items, rejected: list[dict], committing: list[bool]) -> list[int]:
+        ids: list[int] = []
         with session_scope(database_url) as s:
             if len(items):  # every batch of the chunk in one INSERT, every item in one COPY / executemany
                 ids = repo.stage_batches(
                     s, job_id=job_id, first_seq=seq, queue=route.queue, items=items, batch_size=batch_size
                 )
-                new_batches = [(batch_id, route.queue) for batch_id in ids]
-                seq += len(ids)
             repo.record_rejections(s, job_id=job_id, errors=rejected)
             # Near the end, so those batch rows stay locked only until the commit (a worker's claim of one waits that
             # long), and before the job row is locked: a worker finishing a batch locks its batch row, then the job's.
             repo.mark_batches_queued(s, unrecorded, sent_at=sent_at)
-            repo.add_staged_counts(s, job_id, items=len(items), batches=len(new_batches), rejected=len(rejected))
+            repo.add_staged_counts(s, job_id, items=len(items), batches=len(ids), rejected=len(rejected))
+            committing.append(True)
+            _commit(s)
+        return ids
+
+    def flush(items: Items, rejected: list[dict]) -> None:
+        nonlocal seq, broker_error, sent_at
+        started = time.perf_counter()
+        ids = _with_retries(
+            lambda committing: stage_chunk(items, rejected, committing),
+            lambda: _committed_chunk(database_url, job_id, seq, items, batch_size, rejected),
+            f"job {job_id}: staging a chunk",
+        )
+        seq += len(ids)
+        new_batches = [(batch_id, route.queue) for batch_id in ids]
         unrecorded.clear()
         summary.batches += len(new_batches)
         summary.items_staged += len(items)
@@ -214,9 +224,13 @@ def stage_job(
         raise
     finally:
         reader.shutdown(wait=True, cancel_futures=True)  # a read in flight finishes its chunk, then the thread ends
-    with session_scope(database_url) as s:
-        repo.mark_batches_queued(s, unrecorded, sent_at=sent_at)
-        repo.finish_staging(s, job_id)
+
+    def finish(committing: list[bool]) -> None:  # idempotent: a retry after an unsure commit changes nothing
+        with session_scope(database_url) as s:
+            repo.mark_batches_queued(s, unrecorded, sent_at=sent_at)
+            repo.finish_staging(s, job_id)
+
+    _with_retries(finish, lambda: None, f"job {job_id}: ending staging")
     if broker_error is not None:
         raise BrokerUnavailable(
             f"job {job_id}: all {summary.items_staged} items are staged, but {summary.batches - summary.batches_sent} "
@@ -233,6 +247,58 @@ def stage_job(
         summary.rows_rejected,
     )
     return summary
+
+
+#: Seconds to wait before each new try of a staging transaction that met a transient database error (a deadlock,
+#: a dropped connection, SQLite busy past its timeout); after the last, ``submit`` stops with exit 3 as before.
+STAGE_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+
+
+def _commit(session: Any) -> None:
+    session.commit()
+
+
+def _with_retries(attempt: Callable[[list[bool]], Any], committed: Callable[[], Any], what: str) -> Any:
+    """Run one staging transaction (``attempt``), trying it again after a transient database error.
+
+    A transaction that failed before its commit left nothing, so it is simply run again. One that failed in its
+    commit may have committed all the same (the connection was lost after the server's commit): before the next
+    try, ``committed()`` reads what it would have returned (None: it did not commit). ``attempt`` marks the start
+    of its commit by appending to the list it is given.
+
+    Raises:
+        DatabaseUnavailable: the last try failed too.
+    """
+    unsure = False
+    for delay in (*STAGE_RETRY_DELAYS_S, None):
+        try:
+            if unsure:
+                done = committed()
+                if done is not None:
+                    return done
+                unsure = False
+            committing: list[bool] = []
+            try:
+                return attempt(committing)
+            except DatabaseUnavailable:
+                unsure = bool(committing)
+                raise
+        except DatabaseUnavailable as exc:
+            if delay is None:
+                raise
+            log.warning("%s failed (%s); trying again in %.1fs", what, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _committed_chunk(
+    database_url: str, job_id: int, first_seq: int, items: Items, batch_size: int, rejected: list[dict]
+) -> list[int] | None:
+    batches = -(-len(items) // batch_size) if len(items) else 0
+    with session_scope(database_url) as s:
+        return repo.committed_chunk(
+            s, job_id=job_id, first_seq=first_seq, batches=batches, first_rejection=rejected[0] if rejected else None
+        )
 
 
 def _timed_next(chunks: Iterator[RecordChunk], timings: dict[str, float]) -> RecordChunk | None:

@@ -149,6 +149,7 @@ from medbatch.db.repository.scoring import (
 from medbatch.db.repository.staging import (
     ItemColumns,
     add_staged_counts,
+    committed_chunk,
     create_job,
     finish_staging,
     mark_batches_queued,
@@ -178,6 +179,7 @@ __all__ = [
     "activate_model",
     "active_model",
     "add_staged_counts",
+    "committed_chunk",
     "audit",
     "audit_events",
     "bulk_insert",

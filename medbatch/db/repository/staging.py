@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from medbatch.db.rawjson import RawJson
@@ -290,6 +290,30 @@ def mark_batches_resent(session: Session, batch_ids: Sequence[int]) -> None:
             .where(Batch.id.in_(batch_ids), Batch.status.not_in(FINISHED_BATCH))
             .values(status=BatchStatus.QUEUED.value, queued_at=utcnow())
         )
+
+
+def committed_chunk(
+    session: Session, *, job_id: int, first_seq: int, batches: int, first_rejection: dict[str, Any] | None
+) -> list[int] | None:
+    """After a chunk's staging transaction failed at its commit, whether it committed all the same (the
+    connection was lost after the server committed): the ids of its ``batches`` batches from ``first_seq`` on,
+    or ``[]`` for a chunk of rejections only whose first one is recorded; None when nothing of it is there.
+    One transaction wrote them all, so one of them found means all of them.
+    """
+    if batches:
+        ids = list(
+            session.scalars(
+                select(Batch.id)
+                .where(Batch.job_id == job_id, Batch.seq >= first_seq, Batch.seq < first_seq + batches)
+                .order_by(Batch.seq)
+            )
+        )
+        return ids or None
+    if first_rejection is not None:
+        key = _error_key(f"validation:{first_rejection['source_uri']}:{first_rejection.get('source_row')}")
+        found = session.scalar(select(ItemError.id).where(ItemError.job_id == job_id, ItemError.error_key == key))
+        return [] if found is not None else None
+    return None
 
 
 def finish_staging(session: Session, job_id: int, *, error: str | None = None) -> None:

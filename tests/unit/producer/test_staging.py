@@ -138,3 +138,83 @@ def test_a_batch_a_worker_claims_before_its_send_is_recorded_keeps_its_state_and
         rows = rows.all()
     assert len(rows) == 4 and {r.status for r in rows} == {BatchStatus.RUNNING.value}
     assert all(r.queued_at is not None and r.queued_at <= r.started_at for r in rows)
+
+
+def _night(rejected_at: int) -> list[RecordChunk]:
+    """Four chunks of three rows (batches of two: the odd row carries over), one rejected row in each; the chunk
+    ``rejected_at`` holds only a rejection (no items)."""
+    chunks = []
+    for k in range(4):
+        rows = [] if k == rejected_at else list(range(2 + 3 * k, 5 + 3 * k))
+        bad = [{"source_uri": "f.csv", "source_row": 100 + k, "patient_ref": None, "reason": "age 'x' is not a number"}]
+        chunks.append(RecordChunk(items=_columns(rows) if rows else [], rejected=bad))
+    return chunks
+
+
+def _staged_once(url: str, summary, rows: int) -> None:
+    """Every row staged once, every batch numbered once and sent, every rejection recorded once."""
+    with session_scope(url) as s:
+        keys = list(s.scalars(select(Item.item_key).where(Item.job_id == summary.job_id)))
+        seqs = list(s.scalars(select(Batch.seq).where(Batch.job_id == summary.job_id).order_by(Batch.seq)))
+        counts = repo.job_counts(s, summary.job_id)
+        errors = list(repo.iter_errors(s, summary.job_id))
+    assert len(keys) == len(set(keys)) == rows == summary.items_staged == counts["items_total"]
+    assert seqs == list(range(len(seqs))) and len(seqs) == summary.batches == summary.batches_sent
+    assert _statuses(url, summary.job_id) == [BatchStatus.QUEUED.value] * len(seqs)
+    assert sorted(e["source_row"] for e in errors) == [100, 101, 102, 103] and counts["rows_rejected"] == 4
+    assert counts["status"] == "queued"
+
+
+@pytest.mark.parametrize("fail_at", ["statement", "commit that did not happen", "commit that happened"])
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_a_transient_database_error_while_staging_a_chunk_is_retried_without_doubling_it(
+    db_url, monkeypatch, fail_at, chunk
+):
+    from medbatch.errors import DatabaseUnavailable
+    from medbatch.producer import staging
+
+    monkeypatch.setattr(staging, "STAGE_RETRY_DELAYS_S", (0.0, 0.0))
+    # Given a database that fails one chunk's transaction once (chunk 2 holds only a rejection): in a statement
+    # (a deadlock victim), or at its commit, before or after the server committed (the connection lost)
+    calls = {"counts": 0, "commits": 0}
+    add_counts, commit = repo.add_staged_counts, staging._commit
+
+    def counts_then_fail(s, job_id, **kw):
+        calls["counts"] += 1
+        add_counts(s, job_id, **kw)
+        if fail_at == "statement" and calls["counts"] == chunk + 1:
+            raise DatabaseUnavailable("database unavailable: DeadlockDetected: deadlock detected")
+
+    def commit_then_fail(s):
+        calls["commits"] += 1
+        if calls["commits"] != chunk + 1 or fail_at == "statement":
+            return commit(s)
+        if fail_at == "commit that happened":
+            commit(s)
+        raise DatabaseUnavailable("database unavailable: OperationalError: server closed the connection")
+
+    monkeypatch.setattr(repo, "add_staged_counts", counts_then_fail)
+    monkeypatch.setattr(staging, "_commit", commit_then_fail)
+    # When the night is staged
+    summary = _stage(db_url, _night(rejected_at=2), send=lambda *_a: None)
+    # Then it is staged as if nothing had happened: each row once, each batch once, each rejection once
+    _staged_once(db_url, summary, rows=9)
+
+
+def test_a_database_that_stays_away_stops_staging_after_the_last_try(sqlite_url, monkeypatch):
+    from medbatch.errors import DatabaseUnavailable
+    from medbatch.producer import staging
+
+    monkeypatch.setattr(staging, "STAGE_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    tries = []
+
+    def always_fail(s, job_id, **kw):
+        tries.append(job_id)
+        raise DatabaseUnavailable("database unavailable: OperationalError: connection refused")
+
+    monkeypatch.setattr(repo, "add_staged_counts", always_fail)
+    with pytest.raises(DatabaseUnavailable, match="connection refused"):
+        _stage(sqlite_url, _night(rejected_at=9), send=lambda *_a: None)
+    assert len(tries) == 4  # the first try and three more
+    with session_scope(sqlite_url) as s:  # and nothing of the chunk is half there
+        assert s.scalar(select(Item.id)) is None and s.scalar(select(Batch.id)) is None
