@@ -99,6 +99,61 @@ def test_postgres_restarted_mid_job_tasks_retry_and_the_job_completes(private_po
         app.close()
 
 
+def test_postgres_restarted_mid_submit_every_row_is_staged_once(private_postgres, monkeypatch, caplog):
+    import threading
+
+    import numpy as np
+
+    from medbatch.db import repository as repo
+    from medbatch.db.migrate import upgrade
+    from medbatch.db.repository.staging import ItemColumns
+    from medbatch.db.tables import Batch
+    from medbatch.producer import staging
+    from medbatch.producer.chunks import RecordChunk
+
+    url = private_postgres.url
+    upgrade(url)
+    monkeypatch.setattr(staging, "STAGE_RETRY_DELAYS_S", (0.5, 1.0, 2.0, 4.0, 8.0))
+    back = threading.Event()
+
+    def restart_in(seconds: float) -> None:
+        time.sleep(seconds)
+        private_postgres.start()
+        back.set()
+
+    # Given a file of 8 chunks of 250 rows, during whose reading PostgreSQL crashes and comes back 2 s later
+    def chunks():
+        for k in range(8):
+            if k == 4:
+                private_postgres.stop("immediate")
+                threading.Thread(target=restart_in, args=(2.0,), daemon=True).start()
+            rows = np.arange(2 + 250 * k, 2 + 250 * (k + 1), dtype=np.int64)
+            yield RecordChunk(
+                items=ItemColumns("f.csv", rows, [f"P{r}" for r in rows], ['{"age": 50}'] * len(rows)),
+                rejected=[{"source_uri": "f.csv", "source_row": 10_000 + k, "patient_ref": None, "reason": "bad"}],
+            )
+
+    # When it is staged
+    summary = staging.stage_job(
+        database_url=url,
+        workload="risk",
+        source="f.csv",
+        model=("risk", "1"),
+        options={},
+        chunks=chunks(),
+        batch_size=100,
+        send=None,
+    )
+    # Then the producer rode out the crash: every row staged once, every batch once, every rejection once
+    assert back.is_set() and "trying again" in caplog.text, caplog.text
+    with session_scope(url) as s:
+        keys = list(s.scalars(select(Item.item_key).where(Item.job_id == summary.job_id)))
+        seqs = list(s.scalars(select(Batch.seq).where(Batch.job_id == summary.job_id).order_by(Batch.seq)))
+        counts = repo.job_counts(s, summary.job_id)
+    assert len(keys) == len(set(keys)) == 2000 == summary.items_staged == counts["items_total"]
+    assert seqs == list(range(20)) and counts["rows_rejected"] == 8 and counts["status"] == "queued"
+
+
 # --------------------------------------------------------------------------- Redis with TLS and a password
 
 
