@@ -57,9 +57,11 @@ def make_images(folder: Path, per_kind: int) -> list[Path]:
 
 
 def make_model(directory: Path) -> Path:
-    import keras
-
     from medbatch.ml import registry, xray
+    from medbatch.ml.artifacts import tf_module
+
+    tf_module()  # TensorFlow loaded as medbatch loads it: its start-up lines filtered
+    import keras
 
     keras.utils.set_random_seed(0)
     model = xray.build_model(xray.XrayConfig())
