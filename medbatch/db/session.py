@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from medbatch.errors import DatabaseUnavailable
@@ -95,15 +95,27 @@ SQLITE_TRANSIENT = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors that mean "the database is unreachable, busy or dropped us", worth a retry."""
-    if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError)):
-        orig = getattr(exc, "orig", None)
-        if orig is not None and type(orig).__module__ == "sqlite3":
-            message = str(orig).lower()
-            return any(m in message for m in SQLITE_TRANSIENT)
-        message = str(exc).lower()
-        return not ("no such table" in message or "no such column" in message)
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    """True for errors that mean "the database is unreachable, busy or dropped us", worth a retry.
+
+    ``exc`` is SQLAlchemy's wrapper of a driver error, or the driver's own error where medbatch used the raw
+    connection (the COPYs of ``repository/bulk.py``): a server lost in the middle of a COPY is as transient as one
+    lost in the middle of an INSERT.
+    """
+    if isinstance(exc, DisconnectionError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        driver: BaseException = exc.orig if exc.orig is not None else exc
+    else:
+        driver = exc
+    kinds = {c.__name__ for c in type(driver).__mro__ if not c.__module__.startswith("sqlalchemy")}
+    if not kinds & {"OperationalError", "InterfaceError"}:
+        return False
+    message = str(driver).lower()
+    if type(driver).__module__ == "sqlite3":
+        return any(m in message for m in SQLITE_TRANSIENT)
+    return not ("no such table" in message or "no such column" in message)
 
 
 def describe(exc: BaseException) -> str:
@@ -125,7 +137,11 @@ def session_scope(url: str) -> Iterator[Session]:
         yield session
         session.commit()
     except Exception as exc:
-        session.rollback()
+        try:
+            session.rollback()
+        except Exception as lost:  # noqa: BLE001 - the connection died with the statement: nothing is left to undo
+            if not is_transient(lost):
+                raise
         if is_transient(exc):
             raise DatabaseUnavailable(f"database unavailable: {describe(exc)}") from exc
         raise

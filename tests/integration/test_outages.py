@@ -115,6 +115,7 @@ def test_postgres_restarted_mid_submit_every_row_is_staged_once(private_postgres
     upgrade(url)
     monkeypatch.setattr(staging, "STAGE_RETRY_DELAYS_S", (0.5, 1.0, 2.0, 4.0, 8.0))
     back = threading.Event()
+    restarts: list[threading.Thread] = []
 
     def restart_in(seconds: float) -> None:
         time.sleep(seconds)
@@ -126,7 +127,8 @@ def test_postgres_restarted_mid_submit_every_row_is_staged_once(private_postgres
         for k in range(8):
             if k == 4:
                 private_postgres.stop("immediate")
-                threading.Thread(target=restart_in, args=(2.0,), daemon=True).start()
+                restarts.append(threading.Thread(target=restart_in, args=(2.0,), daemon=True))
+                restarts[0].start()
             rows = np.arange(2 + 250 * k, 2 + 250 * (k + 1), dtype=np.int64)
             yield RecordChunk(
                 items=ItemColumns("f.csv", rows, [f"P{r}" for r in rows], ['{"age": 50}'] * len(rows)),
@@ -134,16 +136,20 @@ def test_postgres_restarted_mid_submit_every_row_is_staged_once(private_postgres
             )
 
     # When it is staged
-    summary = staging.stage_job(
-        database_url=url,
-        workload="risk",
-        source="f.csv",
-        model=("risk", "1"),
-        options={},
-        chunks=chunks(),
-        batch_size=100,
-        send=None,
-    )
+    try:
+        summary = staging.stage_job(
+            database_url=url,
+            workload="risk",
+            source="f.csv",
+            model=("risk", "1"),
+            options={},
+            chunks=chunks(),
+            batch_size=100,
+            send=None,
+        )
+    finally:
+        for t in restarts:  # the server is back before the fixture removes it, whatever happened
+            t.join(timeout=60)
     # Then the producer rode out the crash: every row staged once, every batch once, every rejection once
     assert back.is_set() and "trying again" in caplog.text, caplog.text
     with session_scope(url) as s:

@@ -54,3 +54,36 @@ def test_session_scope_lets_a_sqlite_bug_through_as_itself(tmp_path):
     url = f"sqlite:///{tmp_path / 'd.db'}"
     with pytest.raises(DBAPIError, match="malformed JSON"), session_scope(url) as s:
         s.execute(text("SELECT json_extract('{not json', '$.a')"))
+
+
+def test_a_driver_error_from_a_raw_connection_is_classified_as_its_wrapper_would_be(tmp_path):
+    # The COPYs use the driver's connection directly, so its errors arrive unwrapped
+    import sqlite3
+
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError) as lost:
+        psycopg.connect("host=127.0.0.1 port=1 dbname=none connect_timeout=2")
+    assert is_transient(lost.value)
+    con = sqlite3.connect(tmp_path / "e.db")
+    with pytest.raises(sqlite3.OperationalError) as bug:
+        con.execute("SELECT json_extract('{not json', '$.a')")
+    con.close()
+    assert not is_transient(bug.value)
+    assert not is_transient(ValueError("not a database error"))
+
+
+def test_a_connection_killed_under_a_raw_statement_is_database_unavailable(postgres_url):
+    # Given a transaction whose connection the server ends while a raw driver statement runs on it (as the COPYs
+    # run): the driver's error arrives unwrapped, and rolling back on the dead connection fails as well
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with pytest.raises(DatabaseUnavailable, match="database unavailable"), session_scope(postgres_url) as s:
+        raw = s.connection().connection.driver_connection
+        pid = raw.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with admin.connect() as c:
+            c.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        raw.execute("SELECT 1")
+    admin.dispose()
+    # and the next transaction gets a live connection
+    with session_scope(postgres_url) as s:
+        assert s.execute(text("SELECT 1")).scalar_one() == 1
