@@ -24,11 +24,13 @@ def _results(db_url: str, job_id: int) -> int:
 
 
 def test_worker_killed_three_times_mid_job(db_url, sender, start_worker, tmp_path):
-    # Given a job of many batches and workers whose lost messages come back after 10 s
+    # Given a job of many batches and workers whose lost messages come back after 10 s. Small batches: a fresh
+    # worker runs a 1,000-row batch in 0.02 s, and with 20 of them one worker could finish the job between two
+    # kills (while the test still waited for it to answer a ping), leaving no third kill to make.
     env = {"MEDBATCH_VISIBILITY_TIMEOUT_S": "10"}
     path = write_patients(tmp_path / "big.csv", "risk", 20_000, seed=8)
     worker = start_worker("tabular", env=env)
-    summary = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=1_000)
+    summary = submit_records(path, "risk", database_url=db_url, send=sender, batch_size=100)
     # When the worker is SIGKILLed (with its pool children) three times while it works
     kills = 0
     seen = 0
