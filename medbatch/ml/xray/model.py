@@ -63,8 +63,7 @@ class XrayModel:
     version: str
     keras_model: Any
     meta: dict[str, Any]
-    _infer: Any = field(default=None, repr=False)
-    _cam: Any = field(default=None, repr=False)
+    _functions: dict = field(default_factory=dict, repr=False)  # build -> its compiled call (:meth:`_traced`)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one trace, whoever asks first
 
     @property
@@ -88,17 +87,23 @@ class XrayModel:
     def negative_label(self) -> str:
         return LABELS.get(self.meta["class_names"][0], self.meta["class_names"][0].lower())
 
-    def _compiled(self):
+    def _traced(self, build):
+        """The model's compiled call that ``build(tf, keras_model)`` makes, made once (under a lock: a preload
+        thread and a batch may ask at the same time), with the input signature of a batch of images."""
         with self._lock:
-            if self._infer is None:
+            fn = self._functions.get(build)
+            if fn is None:
                 tf = tf_module()
-                model = self.keras_model
                 size = self.input_size
-                self._infer = tf.function(
-                    lambda x: model(x, training=False),
-                    input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)],
+                fn = tf.function(
+                    build(tf, self.keras_model), input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)]
                 )
-            return self._infer
+                self._functions[build] = fn
+            return fn
+
+    def _batch(self, batch: np.ndarray) -> np.ndarray:
+        x = np.asarray(batch, dtype=np.float32)
+        return x[..., None] if x.ndim == 3 else x
 
     def warm_up(self) -> None:
         """Trace the compiled prediction and Grad-CAM once, on a blank image, so the first batch does not."""
@@ -112,34 +117,10 @@ class XrayModel:
         One compiled call per batch (``tf.function`` around ``model(x, training=False)``): much faster
         than ``model.predict`` for the small batches a worker sees.
         """
-        x = np.asarray(batch, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[..., None]
+        x = self._batch(batch)
         if x.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        return np.asarray(self._compiled()(x)).reshape(-1).astype(np.float32)
-
-    def _compiled_gradcam(self):
-        with self._lock:
-            if self._cam is None:
-                tf = tf_module()
-                import keras
-
-                m = self.keras_model
-                size = self.input_size
-                grad_model = keras.Model(m.inputs, [m.get_layer(LAST_CONV).output, m.output])
-
-                def cam(x):
-                    with tf.GradientTape() as tape:
-                        conv, pred = grad_model(x, training=False)
-                        score = tf.reduce_sum(pred[:, 0])
-                    grads = tape.gradient(score, conv)
-                    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-                    maps = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1))[..., None]
-                    return tf.image.resize(maps, (size, size), method="bilinear")[..., 0]
-
-                self._cam = tf.function(cam, input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
-            return self._cam
+        return np.asarray(self._traced(_forward)(x)).reshape(-1).astype(np.float32)
 
     def gradcam(self, batch: np.ndarray) -> np.ndarray:
         """Grad-CAM heatmaps for the positive class: ``(n, size, size)`` float32 in [0, 1].
@@ -149,11 +130,32 @@ class XrayModel:
         One compiled call per batch, like :meth:`predict`: run eagerly, the same graph took 4-5 times
         as long (338 against 70 ms for 32 images on two cores), most of it Python dispatching each op.
         """
-        x = np.asarray(batch, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[..., None]
+        x = self._batch(batch)
         if x.shape[0] == 0:
             return np.zeros((0, *x.shape[1:3]), dtype=np.float32)
-        cam = np.asarray(self._compiled_gradcam()(x))
+        cam = np.asarray(self._traced(_gradcam)(x))
         peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
         return np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0).astype(np.float32)
+
+
+def _forward(tf, model):
+    return lambda x: model(x, training=False)
+
+
+def _gradcam(tf, model):
+    """Grad-CAM of the positive class, upsampled to the input: the graph :meth:`XrayModel.gradcam` compiles."""
+    import keras
+
+    grad_model = keras.Model(model.inputs, [model.get_layer(LAST_CONV).output, model.output])
+    size = model.input_shape[1:3]
+
+    def cam(x):
+        with tf.GradientTape() as tape:
+            conv, pred = grad_model(x, training=False)
+            score = tf.reduce_sum(pred[:, 0])
+        grads = tape.gradient(score, conv)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        maps = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1))[..., None]
+        return tf.image.resize(maps, size, method="bilinear")[..., 0]
+
+    return cam
