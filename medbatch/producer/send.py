@@ -59,17 +59,21 @@ def send_batches(
         BrokerUnavailable: after recording the ones sent before the failure.
     """
     done: list[int] = []
+
+    def record() -> None:
+        if done:
+            with session_scope(database_url) as s:
+                (repo.mark_batches_resent if resend else repo.mark_batches_queued)(s, done)
+
     try:
         for batch_id, queue in batches:
             send(task, queue, batch_id)
             done.append(batch_id)
     except BaseException:
-        sent = None  # record now: the caller will not get to its next transaction normally
+        record()  # at once: the caller will not get to its next transaction normally
         raise
-    finally:
-        if done and sent is None:
-            with session_scope(database_url) as s:
-                (repo.mark_batches_resent if resend else repo.mark_batches_queued)(s, done)
-        elif done:
-            sent.extend(done)
+    if sent is None:
+        record()
+    else:
+        sent.extend(done)
     return len(done)
