@@ -159,7 +159,7 @@ def stage_job(
     unrecorded: list[int] = []
     sent_at: datetime | None = None
 
-    def stage_chunk(items: Items, rejected: list[dict], committing: list[bool]) -> list[int]:
+    def stage_chunk(items: Items, rejected: list[dict]) -> list[int]:
         ids: list[int] = []
         with session_scope(database_url) as s:
             if len(items):  # every batch of the chunk in one INSERT, every item in one COPY / executemany
@@ -171,15 +171,13 @@ def stage_job(
             # long), and before the job row is locked: a worker finishing a batch locks its batch row, then the job's.
             repo.mark_batches_queued(s, unrecorded, sent_at=sent_at)
             repo.add_staged_counts(s, job_id, items=len(items), batches=len(ids), rejected=len(rejected))
-            committing.append(True)
-            _commit(s)
         return ids
 
     def flush(items: Items, rejected: list[dict]) -> None:
         nonlocal seq, broker_error, sent_at
         started = time.perf_counter()
         ids = _with_retries(
-            lambda committing: stage_chunk(items, rejected, committing),
+            lambda: stage_chunk(items, rejected),
             lambda: _committed_chunk(database_url, job_id, seq, items, batch_size, rejected),
             f"job {job_id}: staging a chunk",
         )
@@ -225,7 +223,7 @@ def stage_job(
     finally:
         reader.shutdown(wait=True, cancel_futures=True)  # a read in flight finishes its chunk, then the thread ends
 
-    def finish(committing: list[bool]) -> None:  # idempotent: a retry after an unsure commit changes nothing
+    def finish() -> None:  # idempotent: a retry after a commit that went through changes nothing
         with session_scope(database_url) as s:
             repo.mark_batches_queued(s, unrecorded, sent_at=sent_at)
             repo.finish_staging(s, job_id)
@@ -254,38 +252,26 @@ def stage_job(
 STAGE_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
 
-def _commit(session: Any) -> None:
-    session.commit()
-
-
-def _with_retries(attempt: Callable[[list[bool]], Any], committed: Callable[[], Any], what: str) -> Any:
+def _with_retries(attempt: Callable[[], Any], committed: Callable[[], Any], what: str) -> Any:
     """Run one staging transaction (``attempt``), trying it again after a transient database error.
 
-    A transaction that failed before its commit left nothing, so it is simply run again. One that failed in its
-    commit may have committed all the same (the connection was lost after the server's commit): before the next
-    try, ``committed()`` reads what it would have returned (None: it did not commit). ``attempt`` marks the start
-    of its commit by appending to the list it is given.
+    A failure in the commit may hide a commit that went through (the connection was lost after the server
+    committed), so before each new try ``committed()`` reads what the transaction would have returned, or None
+    when it is not there (a transaction that failed earlier left nothing, and reads as None too).
 
     Raises:
         DatabaseUnavailable: the last try failed too.
     """
-    unsure = False
+    failed = False
     for delay in (*STAGE_RETRY_DELAYS_S, None):
         try:
-            if unsure:
-                done = committed()
-                if done is not None:
-                    return done
-                unsure = False
-            committing: list[bool] = []
-            try:
-                return attempt(committing)
-            except DatabaseUnavailable:
-                unsure = bool(committing)
-                raise
+            if failed and (done := committed()) is not None:
+                return done
+            return attempt()
         except DatabaseUnavailable as exc:
             if delay is None:
                 raise
+            failed = True
             log.warning("%s failed (%s); trying again in %.1fs", what, exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

@@ -295,8 +295,8 @@ def mark_batches_resent(session: Session, batch_ids: Sequence[int]) -> None:
 def committed_chunk(
     session: Session, *, job_id: int, first_seq: int, batches: int, first_rejection: dict[str, Any] | None
 ) -> list[int] | None:
-    """After a chunk's staging transaction failed at its commit, whether it committed all the same (the
-    connection was lost after the server committed): the ids of its ``batches`` batches from ``first_seq`` on,
+    """After a chunk's staging transaction failed, whether it committed all the same (the connection was lost
+    after the server committed): the ids of its ``batches`` batches from ``first_seq`` on,
     or ``[]`` for a chunk of rejections only whose first one is recorded; None when nothing of it is there.
     One transaction wrote them all, so one of them found means all of them.
     """

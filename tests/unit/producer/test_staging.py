@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from medbatch.db import repository as repo
 from medbatch.db.repository.staging import ItemColumns
-from medbatch.db.session import session_scope
+from medbatch.db.session import get_engine, session_scope
 from medbatch.db.tables import Batch, BatchStatus, Item
 from medbatch.errors import BrokerUnavailable
 from medbatch.producer.chunks import RecordChunk
@@ -175,9 +175,11 @@ def test_a_transient_database_error_while_staging_a_chunk_is_retried_without_dou
 
     monkeypatch.setattr(staging, "STAGE_RETRY_DELAYS_S", (0.0, 0.0))
     # Given a database that fails one chunk's transaction once (chunk 2 holds only a rejection): in a statement
-    # (a deadlock victim), or at its commit, before or after the server committed (the connection lost)
+    # (a deadlock victim), or at its commit, before or after the server committed (the connection lost). Commits
+    # are counted from the job's creation (commit 1); chunk k's transaction is commit k + 2.
     calls = {"counts": 0, "commits": 0}
-    add_counts, commit = repo.add_staged_counts, staging._commit
+    add_counts = repo.add_staged_counts
+    lost = DatabaseUnavailable("database unavailable: OperationalError: server closed the connection")
 
     def counts_then_fail(s, job_id, **kw):
         calls["counts"] += 1
@@ -185,19 +187,24 @@ def test_a_transient_database_error_while_staging_a_chunk_is_retried_without_dou
         if fail_at == "statement" and calls["counts"] == chunk + 1:
             raise DatabaseUnavailable("database unavailable: DeadlockDetected: deadlock detected")
 
-    def commit_then_fail(s):
+    dialect = get_engine(db_url).dialect
+    real_commit = dialect.do_commit
+
+    def commit(dbapi_connection):  # the driver's commit: the server's answer lost before or after it committed
         calls["commits"] += 1
-        if calls["commits"] != chunk + 1 or fail_at == "statement":
-            return commit(s)
-        if fail_at == "commit that happened":
-            commit(s)
-        raise DatabaseUnavailable("database unavailable: OperationalError: server closed the connection")
+        failing = calls["commits"] == chunk + 2
+        if failing and fail_at == "commit that did not happen":
+            raise lost
+        real_commit(dbapi_connection)
+        if failing and fail_at == "commit that happened":
+            raise lost
 
     monkeypatch.setattr(repo, "add_staged_counts", counts_then_fail)
-    monkeypatch.setattr(staging, "_commit", commit_then_fail)
+    monkeypatch.setattr(dialect, "do_commit", commit)
     # When the night is staged
     summary = _stage(db_url, _night(rejected_at=2), send=lambda *_a: None)
     # Then it is staged as if nothing had happened: each row once, each batch once, each rejection once
+    assert calls["commits"] >= chunk + 2 and (fail_at != "statement" or calls["counts"] > chunk + 1)
     _staged_once(db_url, summary, rows=9)
 
 
