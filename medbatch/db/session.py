@@ -112,10 +112,9 @@ def is_transient(exc: BaseException) -> bool:
     kinds = {c.__name__ for c in type(driver).__mro__ if not c.__module__.startswith("sqlalchemy")}
     if not kinds & {"OperationalError", "InterfaceError"}:
         return False
-    message = str(driver).lower()
     if type(driver).__module__ == "sqlite3":
-        return any(m in message for m in SQLITE_TRANSIENT)
-    return not ("no such table" in message or "no such column" in message)
+        return any(m in str(driver).lower() for m in SQLITE_TRANSIENT)
+    return True  # PostgreSQL's OperationalError: the server is away, restarting, or chose this transaction to fail
 
 
 def describe(exc: BaseException) -> str:
