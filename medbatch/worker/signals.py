@@ -23,11 +23,19 @@ _consumed: frozenset[str] = frozenset()
 def _after_fork(**_kwargs) -> None:
     # Connections inherited from the parent must not be shared with it.
     dispose_engines()
-    # The active TensorFlow models load in a thread, never in this handler (it has a 4 s limit): a batch that
-    # arrives meanwhile waits for the same load (the registry's lock) instead of starting a second one.
-    names = [PRELOADED[q] for q in sorted(_consumed) if q in PRELOADED]
+    # A worker of TensorFlow queues only (imaging, molecules: how they are deployed) loads their active models in
+    # a thread, never in this handler (it has a 4 s limit): a batch that arrives meanwhile waits for the same load
+    # (the registry's lock) instead of starting a second one. A worker that serves other queues too (`-Q all` in
+    # development) stays lazy, so a night of patient records never pays TensorFlow's import and memory.
+    names = models_to_preload(_consumed)
     if names:
         threading.Thread(target=_preload, args=(names,), name="medbatch-preload", daemon=True).start()
+
+
+def models_to_preload(queues: frozenset[str]) -> list[str]:
+    """The models a child of a worker consuming ``queues`` loads as it starts: those of its TensorFlow queues,
+    when it serves nothing else."""
+    return [PRELOADED[q] for q in sorted(queues)] if queues and queues <= PRELOADED.keys() else []
 
 
 def _preload(names: list[str]) -> None:
