@@ -144,7 +144,8 @@ def write_scored_batch(
             buffer = scored.copy_lines(job_id, now.isoformat())
             copy_ignore_conflicts(session, Result.__table__, _RESULT_COLUMNS, buffer, ["item_id"])
         else:
-            stamp = Result.__table__.c.created_at.type.bind_processor(session.get_bind().dialect)(now)
+            dialect = session.get_bind().dialect  # the column type's whole chain: SQLite's text, not a datetime
+            stamp = Result.__table__.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)(now)
             session.connection().exec_driver_sql(
                 f"INSERT INTO results ({_RESULT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (item_id) DO NOTHING",

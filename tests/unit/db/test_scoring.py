@@ -122,3 +122,30 @@ def test_copy_lines_carry_each_field_as_copy_reads_it_for_awkward_names_and_labe
         for i, label, score, detail in zip(scored.item_ids, labels, p[:, 1].tolist(), scored.details(), strict=True)
     ]
     assert rows == want
+
+
+def test_a_bulk_written_result_time_is_stored_as_every_other_time_is(db_url, monkeypatch):
+    """The bulk write passes one time for the whole batch, converted by the column's own type: on SQLite the
+    text SQLAlchemy writes everywhere else (always six decimals), not Python's per-row default adapter, which
+    drops ``.000000`` on a whole second (and so sorts and compares differently as text)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    import medbatch.db.repository.scoring as scoring
+
+    whole_second = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    monkeypatch.setattr(scoring, "utcnow", lambda: whole_second)
+    with session_scope(db_url) as s:
+        job = repo.create_job(s, workload="risk", source_uri="t.csv", model_name="m", model_version="1")
+        items = [{"item_key": f"row:{r}", "source_uri": "t.csv", "source_row": r, "payload": {}} for r in (2, 3)]
+        batch = repo.stage_batch(s, job_id=job, seq=0, queue="tabular", items=items)
+    with session_scope(db_url) as s:
+        write_scored_batch(s, batch_id=batch, job_id=job, scored=_scored(load_pending_inputs(s, batch).ids, 0.7))
+    with session_scope(db_url) as s:
+        stored = s.scalars(select(Result.created_at).where(Result.job_id == job)).all()
+        raw = text("SELECT CAST(created_at AS TEXT) FROM results WHERE job_id = :j")
+        as_text = set(s.execute(raw, {"j": job}).scalars())
+    assert stored == [whole_second, whole_second]
+    if db_url.startswith("sqlite"):
+        assert as_text == {"2026-01-02 03:04:05.000000"}
