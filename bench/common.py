@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 from sqlalchemy import create_engine, text
@@ -17,7 +18,9 @@ from sqlalchemy.engine import make_url
 
 @dataclass
 class BenchDatabase:
-    """On PostgreSQL, a fresh database created beside ``admin_url``'s; a SQLite URL is used as given."""
+    """A fresh database for one run, dropped at the end: on PostgreSQL created beside ``admin_url``'s; on SQLite a
+    new file beside the one the URL names (``b.db`` -> ``b-bench-1a2b3c.db``), so a second run never counts the
+    first one's rows."""
 
     url: str
     backend: str
@@ -28,6 +31,11 @@ class BenchDatabase:
     def create(cls, admin_url: str) -> BenchDatabase:
         admin = make_url(admin_url)
         backend = admin.get_backend_name()
+        if backend == "sqlite":
+            named = Path(admin.database or "medbatch-bench.db")
+            fresh = named.with_name(f"{named.stem}-bench-{uuid.uuid4().hex[:6]}{named.suffix or '.db'}")
+            url = admin.set(database=str(fresh)).render_as_string()
+            return cls(url=url, backend=backend, _admin_url="", _name=None)
         if backend != "postgresql":
             return cls(url=admin_url, backend=backend, _admin_url=admin_url, _name=None)
         name = f"medbatch_bench_{uuid.uuid4().hex[:6]}"
@@ -39,7 +47,12 @@ class BenchDatabase:
         return cls(url=url, backend=backend, _admin_url=admin_url, _name=name)
 
     def drop(self) -> None:
-        """Drop the benchmark's database (nothing to do for SQLite)."""
+        """Drop the benchmark's database (on SQLite, delete its file and the journal files beside it)."""
+        if self.backend == "sqlite":
+            database = make_url(self.url).database
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{database}{suffix}").unlink(missing_ok=True)
+            return
         if self._name is None:
             return
         engine = create_engine(make_url(self._admin_url), isolation_level="AUTOCOMMIT")

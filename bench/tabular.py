@@ -193,12 +193,15 @@ def main() -> None:
         log_fh.close()
     engine = create_engine(db_url)
     with engine.connect() as c:
-        stored = c.execute(text("select count(*) from results")).scalar_one()
+        job = {"j": summary["job_id"]}
+        stored = c.execute(text("select count(*) from results where job_id = :j"), job).scalar_one()
         times = c.execute(
             text(
-                "select (select min(created_at) from results), (select max(created_at) from results), "
-                "(select min(created_at) from jobs), (select max(finished_at) from jobs)"
-            )
+                "select (select min(created_at) from results where job_id = :j), "
+                "(select max(created_at) from results where job_id = :j), "
+                "(select created_at from jobs where id = :j), (select finished_at from jobs where id = :j)"
+            ),
+            job,
         ).one()
     engine.dispose()
     first_result_s, last_result_s, job_created_s, job_finished_s = (_since(t, start_wall) for t in times)
