@@ -216,8 +216,10 @@ def generate_batch(
         workloads=("molecules",),
         write=partial(write_batch, staged=staged),
     )
-    with session_scope(database_url) as s:
-        job_id = repo.job_of_batch(s, batch_id)
+    job_id = out.get("job_id")  # run_batch's summary names the job, except for a batch already done
+    if job_id is None:
+        with session_scope(database_url) as s:
+            job_id = repo.job_of_batch(s, batch_id)
     if staged:
         out["top_up_batches"] = len(staged)
         if send is not None:
