@@ -263,18 +263,19 @@ def _with_retries(attempt: Callable[[], Any], committed: Callable[[], Any], what
         DatabaseUnavailable: the last try failed too.
     """
     failed = False
-    for delay in (*STAGE_RETRY_DELAYS_S, None):
+    delays = iter(STAGE_RETRY_DELAYS_S)
+    while True:
         try:
             if failed and (done := committed()) is not None:
                 return done
             return attempt()
         except DatabaseUnavailable as exc:
+            delay = next(delays, None)
             if delay is None:
                 raise
             failed = True
             log.warning("%s failed (%s); trying again in %.1fs", what, exc, delay)
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def _committed_chunk(
